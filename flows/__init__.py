@@ -1,0 +1,10 @@
+"""Prefect orchestration around `pipeline` (which never imports Prefect).
+
+Prefect reads its settings at import time, so the defaults this project relies on are set
+here, before anything imports prefect.
+"""
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "ulmfit")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")

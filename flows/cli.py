@@ -1,0 +1,88 @@
+"""`ulmfit` command line: run the flow, predict with a finished run, list stages."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+import flows  # noqa: F401  (sets Prefect defaults before prefect is imported)
+from pipeline.config import STAGES, available_presets, load_config
+from pipeline.errors import UlmfitError
+
+HEADLINES = {"pretrain": ("valid_perplexity", "WikiText valid perplexity"),
+             "adapt": ("held_out_perplexity_after", "held-out perplexity after adaptation"),
+             "classify": ("test_accuracy", "test accuracy")}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ulmfit", description="ULMFiT: pretrain -> adapt -> classify, as a cached Prefect flow.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the three-stage flow (cached stages are not recomputed)")
+    run.add_argument("--preset", default="cpu", help=f"one of {', '.join(available_presets())} (default: cpu)")
+    run.add_argument("--rerun", choices=STAGES, help="recompute this stage and the stages after it")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                     help="override a config field, e.g. --set classify.n_labels=500 (repeatable)")
+    run.add_argument("--out", help="run directory (default: runs/PRESET)")
+    run.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+    predict = sub.add_parser("predict", help="classify texts with a finished run")
+    predict.add_argument("--run", required=True, help="run directory (or its classify/ folder)")
+    predict.add_argument("texts", nargs="+", help="texts to classify")
+    sub.add_parser("stages", help="list the stages, backbones and presets")
+    return parser
+
+
+def _cmd_run(args) -> int:
+    cfg = load_config(args.preset, args.overrides)  # validate before starting Prefect
+    if args.show_config:
+        print(cfg.model_dump_json(indent=2))
+        return 0
+    from flows.ulmfit_flow import ulmfit_flow
+
+    start = time.perf_counter()
+    summary = ulmfit_flow(preset=args.preset, overrides=args.overrides, rerun=args.rerun, out_dir=args.out)
+    print(f"\nulmfit run finished in {time.perf_counter() - start:.1f}s")
+    for stage in STAGES:
+        info = summary[stage]
+        key, label = HEADLINES[stage]
+        print(f"  {stage:9s} {info['state']:10s} {info['seconds']:8.1f}s  {label}: {info['metrics'][key]:.4f}  -> {info['path']}")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from pipeline.predict import predict
+
+    for text, (label, prob) in zip(args.texts, predict(args.run, args.texts)):
+        print(json.dumps({"text": text, "label": label, "probability": round(prob, 4)}))
+    return 0
+
+
+def _cmd_stages(_args) -> int:
+    from pipeline import stages
+    from pipeline.backbones import REGISTRY
+
+    for name in STAGES:
+        module = __import__(f"pipeline.stages.{name}", fromlist=["run"])
+        print(f"{name:9s} {module.__doc__.strip().splitlines()[0]}")
+    print("\nbackbones: " + ", ".join(f"{b.name} ({b.description})" for b in REGISTRY.values()))
+    print("presets:   " + ", ".join(available_presets()))
+    del stages
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for chatty in ("httpx", "httpcore"):  # one line per Prefect API call otherwise
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    commands = {"run": _cmd_run, "predict": _cmd_predict, "stages": _cmd_stages}
+    try:
+        return commands[args.command](args)
+    except UlmfitError as err:
+        print(f"ulmfit: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

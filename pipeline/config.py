@@ -1,0 +1,163 @@
+"""Typed, frozen, validated configuration: one model per stage, presets as TOML data.
+
+Defaults are the paper's / fastai's full-scale values; presets (`pipeline/presets/*.toml`)
+only say what differs. Any field can be overridden with `section.field=value`.
+"""
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+STAGES = ("pretrain", "adapt", "classify")
+
+
+class _Frozen(BaseModel):
+    # Unknown keys and wrong types are errors, not silently ignored or coerced.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False, validate_default=True)
+
+
+class ModelConfig(_Frozen):
+    backbone: str = Field("awd_lstm", description="Backbone registry entry (see `ulmfit stages`).")
+    emb_sz: int = Field(400, gt=0, description="Embedding size.")
+    n_hid: int = Field(1152, gt=0, description="Hidden size of each recurrent layer.")
+    n_layers: int = Field(3, gt=0, description="Number of recurrent layers.")
+    drop_mult: float = Field(1.0, ge=0, description="Multiplier applied to every dropout of the backbone.")
+
+
+class TokenizerConfig(_Frozen):
+    kind: Literal["spacy"] = Field("spacy", description="Word tokenizer (spaCy with fastai's rules).")
+    lang: str = Field("en", description="spaCy language code.")
+    n_workers: int = Field(2, ge=0, description="Tokenizer processes (0 = in-process). Not part of cache keys.")
+
+
+class _LMStage(_Frozen):
+    min_freq: int = Field(3, ge=1, description="Minimum count for a token to enter the vocabulary.")
+    max_vocab: int = Field(60000, ge=16, description="Vocabulary size cap (special tokens included).")
+    bs: int = Field(64, gt=0, description="Batch size (parallel token streams).")
+    bptt: int = Field(70, gt=1, description="Back-propagation-through-time window in tokens.")
+    wd: float = Field(0.1, ge=0, description="Weight decay.")
+    schedule: Literal["one_cycle", "stlr"] = Field("one_cycle", description="LR schedule.")
+    max_docs: int | None = Field(None, gt=1, description="Use a random sample of this many training documents (None = all); sampled before tokenization.")
+    max_valid_docs: int | None = Field(None, gt=0, description="Cap on held-out documents used for perplexity (None = all).")
+
+
+class PretrainConfig(_LMStage):
+    corpus: str = Field("wikitext-103", description="Registry name of the Wikipedia corpus.")
+    valid_split: str | None = Field("valid", description="Split for validation perplexity; None = hold out max_valid_docs training articles (fast.ai's WikiText archives have no valid split).")
+    epochs: int = Field(10, ge=0, description="Training epochs; 0 keeps the random initialisation (the 'no pretraining' ablation).")
+    lr: float = Field(5e-3, gt=0, description="Peak learning rate.")
+
+
+class AdaptConfig(_LMStage):
+    corpus: str = Field("imdb", description="Registry name or path to the target-domain text.")
+    splits: list[str] = Field(["train", "unsup"], description="Registry splits used as LM text.")
+    include_test: bool = Field(False, description="Also use the test split's text. Off: it leaks the test set into the LM.")
+    text_col: str = Field("text", description="Text column for a user's file.")
+    valid_frac: float = Field(0.1, gt=0, lt=1, description="Fraction of documents held out for perplexity.")
+    frozen_epochs: int = Field(1, ge=0, description="Epochs training only the last layer group (embeddings+decoder).")
+    epochs: int = Field(10, ge=0, description="Epochs with all layers unfrozen and discriminative LRs; 0 with frozen_epochs 0 = the 'no adaptation' ablation.")
+    lr: float = Field(2e-3, gt=0, description="Peak LR of the last layer group when unfrozen.")
+    frozen_lr: float = Field(2e-2, gt=0, description="Peak LR of the frozen phase.")
+    lr_decay: float = Field(2.6, ge=1, description="Discriminative LR: each lower layer group gets lr / lr_decay.")
+
+
+class ClassifyConfig(_Frozen):
+    corpus: str = Field("imdb", description="Registry name or path to labeled training data.")
+    test_corpus: str | None = Field(None, description="Path to labeled test data; None = the registry's test split.")
+    text_col: str = Field("text", description="Text column.")
+    label_col: str = Field("label", description="Label column.")
+    n_labels: int | None = Field(None, gt=1, description="Balanced subset of labeled training examples (None = all). The low-label regime is ULMFiT's point.")
+    n_valid: int = Field(1000, gt=1, description="Training examples (disjoint from n_labels) held out for per-epoch validation.")
+    n_test: int | None = Field(None, gt=1, description="Balanced test sample size (None = the whole test set).")
+    epochs_per_phase: list[int] = Field([1, 1, 1, 2], description="Gradual unfreezing: phase i trains the last i+1 layer groups; the last phase trains all.")
+    lrs: list[float] = Field([2e-2, 1e-2, 5e-3, 1e-3], description="Peak LR (top group) of each phase.")
+    lr_decay: float = Field(2.6, ge=1, description="Discriminative LR factor between layer groups.")
+    schedule: Literal["one_cycle", "stlr"] = Field("one_cycle", description="LR schedule within each phase.")
+    bs: int = Field(64, gt=0, description="Batch size (reviews).")
+    bptt: int = Field(72, gt=1, description="BPT3C chunk length: the review is read in chunks of this many tokens.")
+    max_len: int = Field(1440, gt=1, description="Only the last max_len tokens of a review feed the pooling (BPT3C); the whole review still runs through the encoder's state.")
+    max_tokens: int | None = Field(None, gt=1, description="Truncate reviews to their first N tokens (None = whole reviews).")
+    wd: float = Field(0.1, ge=0, description="Weight decay.")
+    drop_mult: float = Field(1.0, ge=0, description="Dropout multiplier for the classifier's ULMFiT dropouts (fastai's IMDb tutorial uses 0.5).")
+
+    @model_validator(mode="after")
+    def _phases_match(self):
+        if len(self.epochs_per_phase) != len(self.lrs) or not self.lrs:
+            raise ValueError("epochs_per_phase and lrs must be non-empty and of the same length")
+        if any(e < 0 for e in self.epochs_per_phase) or any(lr <= 0 for lr in self.lrs):
+            raise ValueError("epochs must be >= 0 and learning rates > 0")
+        return self
+
+
+class RunConfig(_Frozen):
+    preset: str = Field("full", description="Preset these values started from.")
+    data_dir: str | None = Field(None, description="Data directory (default: $ULMFIT_DATA_DIR, else ~/.cache/ulmfit-flow/data).")
+    cache_dir: str | None = Field(None, description="Token cache (default: $ULMFIT_CACHE_DIR, else ~/.cache/ulmfit-flow).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA with mixed precision when present, else CPU.")
+    seed: int = Field(42, description="Random seed for sampling and initialisation.")
+    model: ModelConfig = ModelConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    adapt: AdaptConfig = AdaptConfig()
+    classify: ClassifyConfig = ClassifyConfig()
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`classify.lrs=[0.01,0.005]` -> (['classify', 'lrs'], [0.01, 0.005]). Values are JSON, else strings."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form section.field=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _set_nested(tree: dict, path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        node = tree.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {'.'.join(path)}: {part} is not a section")
+        tree = node
+    tree[path[-1]] = value
+
+
+def load_config(preset: str = "cpu", overrides: list[str] | None = None) -> RunConfig:
+    path = PRESET_DIR / f"{preset}.toml"
+    if not path.exists():
+        raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(available_presets())}")
+    tree = tomllib.loads(path.read_text())
+    tree["preset"] = preset
+    for item in overrides or []:
+        _set_nested(tree, *parse_override(item))
+    return validate_config(tree)
+
+
+def validate_config(tree: dict) -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def stage_config(cfg: RunConfig, stage: str) -> dict:
+    """What a stage's result depends on (its cache key input): its own section plus the model,
+    tokenizer settings and seed. Worker counts and paths that do not change results are left out."""
+    tok = cfg.tokenizer.model_dump(exclude={"n_workers"})
+    return {"stage": stage, "seed": cfg.seed, "model": cfg.model.model_dump(),
+            "tokenizer": tok, stage: getattr(cfg, stage).model_dump()}

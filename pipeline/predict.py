@@ -1,0 +1,50 @@
+"""Predictions from a finished run's classifier artifact."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipeline.artifacts import is_complete, load_model_file
+from pipeline.config import ClassifyConfig
+from pipeline.errors import ArtifactError, DataError
+from pipeline.stages.classify import build_model
+from pipeline.tokens import numericalize_tokens, tokenize_texts
+
+
+def classifier_dir(run: str | Path) -> Path:
+    run = Path(run).expanduser()
+    folder = run / "classify" if (run / "classify").is_dir() else run
+    if not run.exists():
+        raise ArtifactError(f"{run}: no such run directory")
+    if not is_complete(folder):
+        raise ArtifactError(f"{run}: no complete classify stage here (expected {run}/classify/manifest.json); "
+                            "run `ulmfit run` first")
+    return folder
+
+
+def load_classifier(run: str | Path):
+    blob = load_model_file(classifier_dir(run), expect_kind="classifier")
+    cc = ClassifyConfig(**blob["classify_config"])
+    _, model = build_model(blob, len(blob["classes"]), cc, load_encoder=False)
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), blob
+
+
+@torch.no_grad()
+def predict(run: str | Path, texts: list[str]) -> list[tuple[str, float]]:
+    """(label, probability) for each text."""
+    empty = [i for i, t in enumerate(texts) if not t or not t.strip()]
+    if empty:
+        raise DataError(f"text #{empty[0] + 1} is empty: nothing to classify")
+    model, blob = load_classifier(run)
+    results = []
+    for tokens in tokenize_texts(list(texts), blob["tokenizer"]["lang"]):
+        ids = torch.tensor([numericalize_tokens(tokens, blob["vocab"])])
+        if hasattr(model, "reset"):
+            model.reset()
+        out = model(ids)
+        probs = torch.softmax((out[0] if isinstance(out, tuple) else out)[0].float(), dim=-1)
+        best = int(probs.argmax())
+        results.append((blob["classes"][best], float(probs[best])))
+    return results

@@ -1,0 +1,101 @@
+"""Stage 2: adapt the pretrained language model to the target domain (IMDb reviews by default)."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifacts import load_model_file, write_stage
+from pipeline.backbones import get_backbone
+from pipeline.config import AdaptConfig, ModelConfig, RunConfig
+from pipeline.data import is_registered, load_corpus, resolve_data_dir
+from pipeline.errors import DataError
+from pipeline.lm import SAMPLE_PROMPTS, LMData, evaluate, generate, lm_learner, to_docs
+from pipeline.stages.common import StageResult, card, lm_blob, out_path, sample_rows
+from pipeline.tokens import build_vocab, default_cache_dir, tokenize_cached
+from pipeline.training import EpochLog, count_params, discriminative, fit, pick_device, seed_everything
+from pipeline.transfer import transfer_embeddings
+
+log = logging.getLogger("ulmfit")
+NAME = "adapt"
+
+
+def domain_texts(ac: AdaptConfig, data_dir: Path) -> list[str]:
+    """The target-domain LM text: the configured registry splits (test only when asked), or a user file."""
+    if not is_registered(ac.corpus):
+        return load_corpus(ac.corpus, None, data_dir=data_dir, text_col=ac.text_col)["text"].tolist()
+    splits = list(ac.splits) + (["test"] if ac.include_test and "test" not in ac.splits else [])
+    if "test" in splits and not ac.include_test:
+        raise DataError(f"adapt.splits includes 'test' but adapt.include_test is false: "
+                        "using test-set text leaks it into the LM; set adapt.include_test=true to allow it")
+    texts: list[str] = []
+    for split in splits:
+        texts += load_corpus(ac.corpus, split, data_dir=data_dir)["text"].tolist()
+    return texts
+
+
+def split_held_out(texts: list[str], ac: AdaptConfig, seed: int) -> tuple[list[str], list[str]]:
+    picked = sample_rows(len(texts), ac.max_docs, seed)
+    order = np.random.default_rng(seed + 1).permutation(picked)
+    n_valid = max(1, int(round(len(order) * ac.valid_frac)))
+    if ac.max_valid_docs is not None:
+        n_valid = min(n_valid, ac.max_valid_docs)
+    if n_valid >= len(order):
+        raise DataError(f"adapt corpus {ac.corpus!r} has only {len(order)} documents: too few to hold some out")
+    return [texts[i] for i in sorted(order[n_valid:])], [texts[i] for i in sorted(order[:n_valid])]
+
+
+def run(cfg: RunConfig, pretrained_dir: str | Path, out_dir: str | Path, cache_key: str = "") -> StageResult:
+    ac, start = cfg.adapt, time.perf_counter()
+    seed_everything(cfg.seed)
+    blob = load_model_file(pretrained_dir, expect_kind="lm")
+    cache, tok = default_cache_dir(cfg.cache_dir), cfg.tokenizer
+    train_texts, valid_texts = split_held_out(domain_texts(ac, resolve_data_dir(cfg.data_dir)), ac, cfg.seed)
+    train = tokenize_cached(train_texts, cache, tok.lang, tok.n_workers, f"{ac.corpus}/lm-train")
+    valid = tokenize_cached(valid_texts, cache, tok.lang, tok.n_workers, f"{ac.corpus}/lm-held-out")
+    itos = build_vocab(train, ac.min_freq, ac.max_vocab)
+
+    backbone, device = get_backbone(blob["backbone"]), pick_device(cfg.device)
+    model_cfg = ModelConfig(**blob["model_config"])
+    state, n_known = transfer_embeddings(blob["state_dict"], blob["vocab"], itos, backbone.vocab_keys)
+    model = backbone.build_lm(len(itos), model_cfg)
+    model.load_state_dict(state)
+    data = LMData(to_docs(train, itos), to_docs(valid, itos))
+    learn = lm_learner(backbone, model, data, ac.bs, ac.bptt, ac.wd, device)
+    log.info("adapt: vocab %d (%d known to stage 1), %d train / %d held-out tokens", len(itos), n_known,
+             data.n_train_tokens, data.n_valid_tokens)
+    prompts_before = {p: generate(learn.model, itos, p, lang=tok.lang, seed=cfg.seed) for p in SAMPLE_PROMPTS}
+    learn.model.to(device)
+    before = evaluate(learn)
+    log.info("adapt: held-out perplexity before adaptation %.1f", before["perplexity"])
+
+    recorder, train_start = EpochLog(NAME), time.perf_counter()
+    learn.freeze()  # last layer group only: the (partly new) embeddings and decoder
+    fit(learn, ac.frozen_epochs, ac.frozen_lr, ac.schedule, "adapt-frozen", recorder)
+    learn.unfreeze()
+    n_groups = len(learn.opt.param_lists) if learn.opt else len(backbone.lm_splitter(learn.model))
+    fit(learn, ac.epochs, discriminative(ac.lr, n_groups, ac.lr_decay), ac.schedule, "adapt", recorder)
+    train_secs = time.perf_counter() - train_start
+    after = evaluate(learn)
+
+    epochs = ac.frozen_epochs + ac.epochs
+    metrics = {"held_out_perplexity_before": before["perplexity"], "held_out_perplexity_after": after["perplexity"],
+               "held_out_accuracy_before": before["accuracy"], "held_out_accuracy_after": after["accuracy"],
+               "corpus": ac.corpus, "epochs": epochs, "train_tokens": data.n_train_tokens,
+               "held_out_tokens": data.n_valid_tokens, "train_docs": len(train), "held_out_docs": len(valid),
+               "vocab_size": len(itos), "vocab_known_from_pretrain": n_known, "params": count_params(model),
+               "train_seconds": train_secs, "train_tokens_per_sec": epochs * data.n_train_tokens / max(train_secs, 1e-9),
+               "wall_seconds": time.perf_counter() - start, "device": str(device)}
+    samples = {p: generate(learn.model, itos, p, lang=tok.lang, seed=cfg.seed) for p in SAMPLE_PROMPTS}
+    samples = {f"{p} (before)": prompts_before[p] for p in SAMPLE_PROMPTS} | {f"{p} (after)": s for p, s in samples.items()}
+    history = recorder.history()
+    write_stage(out_path(out_dir),
+                model=lm_blob(learn.model, itos, cfg, NAME, backbone.name, model_cfg.model_dump()),
+                metrics=metrics, history=history, cache_key=cache_key,
+                card=card("Stage 2: language model adapted to the target domain",
+                          f"Stage-1 {backbone.name} fine-tuned on {ac.corpus} text ({len(train)} documents, "
+                          f"{len(valid)} held out). Test-set text used: {ac.include_test}.", metrics, samples, history))
+    log.info("adapt: held-out perplexity %.1f -> %.1f", before["perplexity"], after["perplexity"])
+    return StageResult(NAME, str(out_path(out_dir)), metrics)

@@ -1,0 +1,134 @@
+"""Stage 3: fine-tune a classifier on the adapted encoder (ULMFiT).
+
+Concat pooling head, gradual unfreezing (last group, last two, ..., all), discriminative
+LRs (/2.6 per group), one-cycle or STLR within each phase. Long documents are read whole
+with BPT3C: the encoder runs over the review in `bptt`-token chunks carrying its state;
+the last `max_len` outputs feed the pooling.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from fastai.data.core import DataLoaders
+from fastai.metrics import accuracy
+from fastai.text.data import SortedDL, pad_input_chunk
+
+from pipeline.artifacts import load_model_file, write_stage
+from pipeline.backbones import get_backbone
+from pipeline.config import ClassifyConfig, ModelConfig, RunConfig
+from pipeline.data import resolve_data_dir
+from pipeline.errors import ArtifactError
+from pipeline.stages.classify_data import LabeledSplits, load_splits
+from pipeline.stages.common import StageResult, card, out_path, state_to_cpu
+from pipeline.tokens import PAD, default_cache_dir, numericalize, tokenize_cached
+from pipeline.training import EpochLog, count_params, discriminative, fit, make_learner, pick_device, seed_everything
+
+log = logging.getLogger("ulmfit")
+NAME = "classify"
+
+
+def encode(frame: pd.DataFrame, itos: list[str], classes: list[str], cfg: RunConfig, name: str) -> list[tuple]:
+    """(token ids, class index) pairs; reviews cut to their first max_tokens tokens when configured."""
+    corpus = tokenize_cached(frame["text"].tolist(), default_cache_dir(cfg.cache_dir), cfg.tokenizer.lang,
+                             cfg.tokenizer.n_workers, name)
+    ids, offsets = numericalize(corpus, itos)
+    cut = cfg.classify.max_tokens or np.iinfo(np.int64).max
+    label_ix = {c: i for i, c in enumerate(classes)}
+    return [(torch.from_numpy(ids[offsets[i]:min(offsets[i + 1], offsets[i] + cut)].astype(np.int64)),
+             torch.tensor(label_ix[label])) for i, label in enumerate(frame["label"])]
+
+
+def loader(items: list[tuple], cc: ClassifyConfig, shuffle: bool, device) -> SortedDL:
+    # Batches of similar lengths, padded at the front in multiples of bptt (what BPT3C expects).
+    # num_workers=0: fastai defaults to forked workers, which die inside Prefect's task threads.
+    return SortedDL(items, res=[len(x) for x, _ in items], bs=cc.bs, shuffle=shuffle, device=device, num_workers=0,
+                    before_batch=partial(pad_input_chunk, pad_idx=PAD, seq_len=cc.bptt))
+
+
+def build_model(blob: dict, n_class: int, cc: ClassifyConfig, load_encoder: bool = True):
+    backbone = get_backbone(blob["backbone"])
+    model = backbone.build_classifier(len(blob["vocab"]), n_class, ModelConfig(**blob["model_config"]), cc)
+    if load_encoder:
+        missing, unexpected = model.load_state_dict(backbone.lm_to_classifier(blob["state_dict"]), strict=False)
+        encoder_missing = [k for k in missing if k in backbone.lm_to_classifier(dict.fromkeys(blob["state_dict"]))]
+        if unexpected or encoder_missing:
+            raise ArtifactError(f"LM weights do not fit the classifier: unexpected {unexpected}, missing {encoder_missing}")
+    return backbone, model
+
+
+def gradual_unfreezing(learn, cc: ClassifyConfig, recorder: EpochLog) -> None:
+    n_groups = len(learn.opt.param_lists)
+    for phase, (epochs, lr) in enumerate(zip(cc.epochs_per_phase, cc.lrs)):
+        last = phase == len(cc.lrs) - 1 or phase + 1 >= n_groups
+        if last:
+            learn.unfreeze()
+        else:
+            learn.freeze_to(-(phase + 1))
+        label = "all groups" if last else f"last {phase + 1} group(s)"
+        log.info("classify phase %d: training %s, top lr %.2g", phase + 1, label, lr)
+        fit(learn, epochs, discriminative(lr, n_groups, cc.lr_decay), cc.schedule, f"phase{phase + 1}", recorder)
+        if last:
+            break
+
+
+def evaluate(learn, dl, classes: list[str]) -> dict:
+    probs, targets = learn.get_preds(dl=dl)
+    preds = probs.argmax(dim=1)
+    confusion = np.zeros((len(classes), len(classes)), dtype=int)
+    np.add.at(confusion, (targets.numpy(), preds.numpy()), 1)
+    return {"accuracy": float((preds == targets).float().mean()), "confusion": confusion.tolist()}
+
+
+def _summary(splits: LabeledSplits, cc: ClassifyConfig) -> str:
+    return (f"Classifier on the adapted encoder: {len(splits.train)} labeled training examples "
+            f"(balanced, from {cc.corpus}), {len(splits.valid)} held out for validation, evaluated on "
+            f"{len(splits.test)} examples of {splits.test_source}. Classes: {', '.join(splits.classes)}.")
+
+
+def run(cfg: RunConfig, adapted_dir: str | Path, out_dir: str | Path, cache_key: str = "") -> StageResult:
+    cc, start = cfg.classify, time.perf_counter()
+    seed_everything(cfg.seed)
+    blob = load_model_file(adapted_dir, expect_kind="lm")
+    splits = load_splits(cc, resolve_data_dir(cfg.data_dir), cfg.seed)
+    itos, classes = blob["vocab"], splits.classes
+    train, valid, test = (encode(getattr(splits, s), itos, classes, cfg, f"{cc.corpus}/{s}-sample")
+                          for s in ("train", "valid", "test"))
+    device = pick_device(cfg.device)
+    backbone, model = build_model(blob, len(classes), cc)
+    dls = DataLoaders(loader(train, cc, True, device), loader(valid, cc, False, device), device=device)
+    learn = make_learner(dls, model, backbone.classifier_splitter, backbone.callbacks(), [accuracy], cc.wd, device)
+    learn.create_opt()
+    log.info("classify: %d train / %d valid / %d test examples, %d params, %d layer groups", len(train),
+             len(valid), len(test), count_params(model), len(learn.opt.param_lists))
+    recorder, train_start = EpochLog(NAME), time.perf_counter()
+    gradual_unfreezing(learn, cc, recorder)
+    train_secs = time.perf_counter() - train_start
+    scores = evaluate(learn, loader(test, cc, False, device), classes)
+
+    metrics = {"test_accuracy": scores["accuracy"], "test_error": 1 - scores["accuracy"], "test_size": len(test),
+               "test_source": splits.test_source, "confusion_matrix": scores["confusion"], "classes": classes,
+               "n_labels": len(train), "n_valid": len(valid), "epochs": int(sum(cc.epochs_per_phase)),
+               "params": count_params(model), "train_seconds": train_secs,
+               "wall_seconds": time.perf_counter() - start, "device": str(device)}
+    history = recorder.history()
+    blob_out = {"kind": "classifier", "stage": NAME, "backbone": backbone.name, "model_config": blob["model_config"],
+                "classify_config": cc.model_dump(), "state_dict": state_to_cpu(learn.model), "vocab": list(itos),
+                "classes": classes, "tokenizer": blob["tokenizer"]}
+    shown = {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "classes")}
+    write_stage(out_path(out_dir), model=blob_out, metrics=metrics, history=history, cache_key=cache_key,
+                card=card("Stage 3: classifier", _summary(splits, cc), shown, None, history)
+                + "\n## Confusion matrix (rows = true, columns = predicted)\n\n" + _confusion_md(classes, scores["confusion"]))
+    log.info("classify: test accuracy %.4f on %d examples", scores["accuracy"], len(test))
+    return StageResult(NAME, str(out_path(out_dir)), metrics)
+
+
+def _confusion_md(classes: list[str], confusion: list[list[int]]) -> str:
+    rows = ["| true \\ pred | " + " | ".join(classes) + " |", "| --- |" + " --- |" * len(classes)]
+    rows += [f"| {c} | " + " | ".join(str(n) for n in row) + " |" for c, row in zip(classes, confusion)]
+    return "\n".join(rows) + "\n"

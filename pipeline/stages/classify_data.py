@@ -1,0 +1,68 @@
+"""Labeled data for stage 3: balanced label budgets, a validation hold-out, a test sample."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import ClassifyConfig
+from pipeline.data import dataset_labels, is_registered, load_corpus
+from pipeline.errors import DataError
+
+USER_TEST_FRAC = 0.2  # a user's file with no test file: this share becomes the test set
+
+
+@dataclass
+class LabeledSplits:
+    classes: list[str]
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+    test_source: str
+
+
+def _load(source: str, split: str | None, cc: ClassifyConfig, data_dir: Path) -> pd.DataFrame:
+    return load_corpus(source, split, data_dir=data_dir, text_col=cc.text_col, label_col=cc.label_col,
+                       allowed_labels=dataset_labels(source))
+
+
+def balanced_sample(frame: pd.DataFrame, n: int | None, rng: np.random.Generator, what: str) -> pd.DataFrame:
+    """n rows with the classes as equal as possible (all rows if n is None)."""
+    if n is None:
+        return frame
+    if n > len(frame):
+        raise DataError(f"{what}: asked for {n} examples but only {len(frame)} are available")
+    groups = {label: rows.index.to_numpy() for label, rows in frame.groupby("label", sort=True)}
+    share, extra = divmod(n, len(groups))
+    picked = []
+    for k, (label, idx) in enumerate(groups.items()):
+        want = share + (1 if k < extra else 0)
+        if want > len(idx):
+            raise DataError(f"{what}: asked for {want} examples of class {label!r} but only {len(idx)} exist")
+        picked.append(rng.choice(idx, size=want, replace=False))
+    return frame.loc[np.sort(np.concatenate(picked))]
+
+
+def load_splits(cc: ClassifyConfig, data_dir: Path, seed: int) -> LabeledSplits:
+    rng = np.random.default_rng(seed)
+    registered = is_registered(cc.corpus)
+    labeled = _load(cc.corpus, "train" if registered else None, cc, data_dir)
+    if cc.test_corpus is not None:
+        test, test_source = _load(cc.test_corpus, None, cc, data_dir), cc.test_corpus
+    elif registered:
+        test, test_source = _load(cc.corpus, "test", cc, data_dir), f"{cc.corpus}/test"
+    else:
+        test_idx = balanced_sample(labeled, int(len(labeled) * USER_TEST_FRAC), rng, cc.corpus).index
+        test, labeled = labeled.loc[test_idx], labeled.drop(index=test_idx)
+        test_source = f"{USER_TEST_FRAC:.0%} of {cc.corpus} held out"
+    classes = sorted(labeled["label"].unique())
+    unseen = sorted(set(test["label"]) - set(classes))
+    if unseen:
+        raise DataError(f"{test_source}: labels {unseen} do not occur in the training data {cc.corpus}")
+    valid = balanced_sample(labeled, cc.n_valid, rng, f"{cc.corpus} (validation hold-out, classify.n_valid)")
+    rest = labeled.drop(index=valid.index)
+    train = balanced_sample(rest, cc.n_labels, rng, f"{cc.corpus} (classify.n_labels, after the n_valid hold-out)")
+    test = balanced_sample(test, cc.n_test, rng, f"{test_source} (classify.n_test)")
+    return LabeledSplits(classes, train, valid, test, test_source)

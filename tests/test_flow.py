@@ -1,0 +1,112 @@
+"""End to end through the real `ulmfit` command: the smoke flow, caching, reruns, errors, predict."""
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline.artifacts import read_manifest, read_metrics
+
+STAGE_LINE = re.compile(r"^\s+(pretrain|adapt|classify)\s+(\w+)\s", re.M)
+WORK_MARKERS = ("tokenizing ", " epoch 1/")  # what training or tokenizing prints
+
+
+def ulmfit(*args, timeout=600):
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+    proc.wall = time.perf_counter() - start
+    proc.output = proc.stdout + proc.stderr
+    proc.states = dict(STAGE_LINE.findall(proc.stdout))
+    return proc
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, data_dir):
+    run_dir = tmp_path_factory.mktemp("flow") / "run"
+    proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir))
+    assert proc.returncode == 0, proc.output[-3000:]
+    return run_dir, proc
+
+
+def test_smoke_flow_runs_all_stages(first_run):
+    run_dir, proc = first_run
+    assert proc.states == {"pretrain": "Completed", "adapt": "Completed", "classify": "Completed"}
+    pre, ada, cla = (read_metrics(run_dir / s) for s in ("pretrain", "adapt", "classify"))
+    assert 1 < pre["valid_perplexity"] < pre["vocab_size"]
+    assert ada["held_out_perplexity_after"] < ada["held_out_perplexity_before"]
+    assert 0 <= cla["test_accuracy"] <= 1 and cla["test_size"] == 60
+    assert any(" epoch 1/" in line for line in proc.output.splitlines())  # epoch-level progress lines
+
+
+def test_second_run_is_fully_cached(first_run):
+    run_dir, first = first_run
+    proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir))
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert proc.states == {"pretrain": "Cached", "adapt": "Cached", "classify": "Cached"}
+    assert not any(marker in proc.output for marker in WORK_MARKERS), "cached run trained or tokenized"
+    assert proc.wall < max(0.15 * first.wall, 20.0), (proc.wall, first.wall)
+
+
+def test_changed_classify_setting_reruns_only_classify(first_run):
+    run_dir, _ = first_run
+    proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir), "--set", "classify.lrs=[0.03,0.01]")
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert proc.states == {"pretrain": "Cached", "adapt": "Cached", "classify": "Completed"}
+    assert "tokenizing wikitext" not in proc.output
+
+
+def test_rerun_forces_stage_and_downstream(first_run):
+    run_dir, _ = first_run
+    proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir), "--rerun", "adapt")
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert proc.states == {"pretrain": "Cached", "adapt": "Completed", "classify": "Completed"}
+
+
+def test_deleted_artifact_is_recomputed_not_trusted(first_run):
+    run_dir, _ = first_run
+    (run_dir / "classify" / "model.pt").unlink()
+    proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir))
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert proc.states["classify"] == "Completed" and (run_dir / "classify" / "model.pt").exists()
+
+
+def test_bad_input_fails_cleanly_and_writes_nothing(first_run, tmp_path):
+    run_dir, _ = first_run
+    before = read_manifest(run_dir / "classify")
+    missing = tmp_path / "no_such_reviews.csv"
+    proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir), "--set", f"classify.corpus={missing}")
+    assert proc.returncode == 2
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("ulmfit: error:")]
+    assert len(error_lines) == 1 and "no_such_reviews.csv" in error_lines[0]
+    assert read_manifest(run_dir / "classify") == before
+
+
+@pytest.mark.parametrize("override, fragment", [("classify.n_lables=3", "n_lables"), ("pretrain.lr=-1", "pretrain.lr")])
+def test_bad_config_is_rejected_before_running(override, fragment, tmp_path):
+    proc = ulmfit("run", "--preset", "smoke", "--out", str(tmp_path / "r"), "--set", override)
+    assert proc.returncode == 2 and fragment in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_predict_command(first_run):
+    run_dir, _ = first_run
+    proc = ulmfit("predict", "--run", str(run_dir), "What a great film!", "Awful.")
+    assert proc.returncode == 0, proc.output[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["text"] for r in rows] == ["What a great film!", "Awful."]
+    assert all(r["label"] in ("neg", "pos") and 0.5 <= r["probability"] <= 1 for r in rows)
+
+
+def test_predict_errors(tmp_path):
+    proc = ulmfit("predict", "--run", str(tmp_path / "missing"), "text")
+    assert proc.returncode == 2 and "no such run" in proc.stderr
+
+
+def test_stages_command():
+    proc = ulmfit("stages")
+    assert proc.returncode == 0
+    for word in ("pretrain", "adapt", "classify", "awd_lstm", "smoke"):
+        assert word in proc.stdout

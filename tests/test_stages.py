@@ -1,0 +1,168 @@
+"""Each stage on small real slices (the smoke preset), called directly without Prefect."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.artifacts import is_complete, load_model_file, read_metrics
+from pipeline.config import load_config
+from pipeline.errors import ArtifactError, DataError
+from pipeline.predict import predict
+from pipeline.stages import adapt, classify, pretrain
+
+ARTIFACT_FILES = {"model.pt", "metrics.json", "history.csv", "card.md", "manifest.json"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, data_dir):
+    """pretrain -> adapt -> classify once on the smoke preset; tests read the artifacts."""
+    root = tmp_path_factory.mktemp("stages")
+    cfg = load_config("smoke")
+    p = pretrain.run(cfg, root / "pretrain")
+    a = adapt.run(cfg, p.path, root / "adapt")
+    classify.run(cfg, a.path, root / "classify")
+    return root
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "adapt", "classify"])
+def test_stage_folder_is_self_describing(run_dir, stage):
+    folder = run_dir / stage
+    assert ARTIFACT_FILES <= {p.name for p in folder.iterdir()}
+    assert is_complete(folder)
+    blob = torch.load(folder / "model.pt", weights_only=True)
+    assert blob["backbone"] == "awd_lstm" and blob["vocab"][:3] == ["xxunk", "xxpad", "xxbos"]
+    assert all(isinstance(v, torch.Tensor) for v in blob["state_dict"].values())
+    assert len(pd.read_csv(folder / "history.csv")) >= 1
+    assert "#" in (folder / "card.md").read_text()
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_pretrain_metrics(run_dir):
+    m = read_metrics(run_dir / "pretrain")
+    assert 1 < m["valid_perplexity"] < m["vocab_size"]
+    assert 0 <= m["valid_accuracy"] <= 1 and m["train_tokens"] > 1000
+
+
+def test_adapt_improves_held_out_perplexity(run_dir):
+    m = read_metrics(run_dir / "adapt")
+    assert m["held_out_perplexity_after"] < m["held_out_perplexity_before"]
+    assert 0 < m["vocab_known_from_pretrain"] < m["vocab_size"]
+
+
+def test_adapt_transfers_known_embeddings(tmp_path, data_dir):
+    cfg = load_config("smoke", ["adapt.frozen_epochs=0", "adapt.epochs=0", "pretrain.epochs=0"])
+    p = pretrain.run(cfg, tmp_path / "p")
+    a = adapt.run(cfg, p.path, tmp_path / "a")
+    old, new = load_model_file(p.path), load_model_file(a.path)
+    shared = [t for t in new["vocab"] if t in old["vocab"]][:20]
+    for tok in shared:
+        assert torch.equal(old["state_dict"]["0.encoder.weight"][old["vocab"].index(tok)],
+                           new["state_dict"]["0.encoder.weight"][new["vocab"].index(tok)])
+
+
+def test_classify_metrics_and_confusion(run_dir):
+    m = read_metrics(run_dir / "classify")
+    cfg = load_config("smoke")
+    assert m["test_size"] == cfg.classify.n_test and m["n_labels"] == cfg.classify.n_labels
+    assert 0 <= m["test_accuracy"] <= 1 and m["classes"] == ["neg", "pos"]
+    assert sum(map(sum, m["confusion_matrix"])) == m["test_size"]
+    hist = pd.read_csv(run_dir / "classify" / "history.csv")
+    assert len(hist) == sum(cfg.classify.epochs_per_phase)
+
+
+def test_predict(run_dir):
+    out = predict(run_dir, ["A wonderful film.", "Dull and boring."])
+    assert [label in ("neg", "pos") for label, _ in out] == [True, True]
+    assert all(0.5 <= p <= 1 for _, p in out)
+
+
+@pytest.mark.parametrize("bad", ["", "   "])
+def test_predict_rejects_empty_text(run_dir, bad):
+    with pytest.raises(DataError, match="empty"):
+        predict(run_dir, [bad])
+
+
+def test_predict_rejects_missing_or_foreign_run(run_dir, tmp_path):
+    with pytest.raises(ArtifactError, match="no such run"):
+        predict(tmp_path / "nope", ["text"])
+    with pytest.raises(ArtifactError):
+        predict(tmp_path, ["text"])
+    with pytest.raises(ArtifactError, match="expected 'classifier'"):
+        predict(run_dir / "adapt", ["text"])
+
+
+def test_adapt_from_missing_pretrain_dir(tmp_path, smoke_cfg):
+    with pytest.raises(ArtifactError, match="model.pt"):
+        adapt.run(smoke_cfg, tmp_path / "missing", tmp_path / "adapt")
+    assert not (tmp_path / "adapt").exists()
+
+
+def _user_csv(tmp_path, data_dir, n=120):
+    frame = pd.read_parquet(data_dir / "imdb" / "train.parquet").sample(n, random_state=0)
+    path = tmp_path / "reviews.csv"
+    frame.rename(columns={"text": "review", "label": "sentiment"}).to_csv(path, index=False)
+    return path
+
+
+def test_users_own_csv_through_adapt_and_classify(run_dir, tmp_path, data_dir):
+    path = _user_csv(tmp_path, data_dir)
+    cfg = load_config("smoke", [f"adapt.corpus={path}", "adapt.text_col=review", f"classify.corpus={path}",
+                                "classify.text_col=review", "classify.label_col=sentiment",
+                                "classify.n_labels=40", "classify.n_valid=10", "classify.n_test=null"])
+    a = adapt.run(cfg, run_dir / "pretrain", tmp_path / "adapt")
+    c = classify.run(cfg, a.path, tmp_path / "classify")
+    assert c.metrics["test_size"] == 24 and "held out" in c.metrics["test_source"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["classify.label_col=sentiment_typo"], "sentiment_typo"),
+    (["classify.n_labels=100000"], "n_labels"),
+])
+def test_classify_bad_input_writes_nothing(run_dir, tmp_path, data_dir, overrides, message):
+    path = _user_csv(tmp_path, data_dir)
+    base = [f"classify.corpus={path}", "classify.text_col=review", "classify.label_col=sentiment"]
+    cfg = load_config("smoke", base + overrides)
+    with pytest.raises(DataError, match=message):
+        classify.run(cfg, run_dir / "adapt", tmp_path / "classify")
+    assert not (tmp_path / "classify").exists()
+
+
+def test_classify_one_class_only(run_dir, tmp_path, data_dir):
+    frame = pd.read_parquet(data_dir / "imdb" / "train.parquet").head(50)  # all 'neg'
+    frame.to_csv(tmp_path / "one.csv", index=False)
+    cfg = load_config("smoke", [f"classify.corpus={tmp_path / 'one.csv'}"])
+    with pytest.raises(DataError, match="one class|only"):
+        classify.run(cfg, run_dir / "adapt", tmp_path / "classify")
+    assert not (tmp_path / "classify").exists()
+
+
+def test_test_labels_unseen_in_train(run_dir, tmp_path, data_dir):
+    train = _user_csv(tmp_path, data_dir)
+    test = pd.read_csv(train).assign(sentiment="meh")
+    test.to_csv(tmp_path / "test.csv", index=False)
+    cfg = load_config("smoke", [f"classify.corpus={train}", f"classify.test_corpus={tmp_path / 'test.csv'}",
+                                "classify.text_col=review", "classify.label_col=sentiment", "classify.n_labels=40",
+                                "classify.n_valid=10", "classify.n_test=null"])
+    with pytest.raises(DataError, match="meh"):
+        classify.run(cfg, run_dir / "adapt", tmp_path / "classify")
+
+
+def test_metrics_json_is_plain_json(run_dir):
+    for stage in ("pretrain", "adapt", "classify"):
+        json.loads((run_dir / stage / "metrics.json").read_text())
+
+
+def test_pretrain_can_hold_out_training_articles(tmp_path, data_dir):
+    cfg = load_config("smoke", ["pretrain.valid_split=null", "pretrain.max_valid_docs=1"])
+    from pipeline.stages.pretrain import corpus_texts
+
+    train, valid = corpus_texts(cfg)
+    assert len(valid) == 1 and len(train) == cfg.pretrain.max_docs and valid[0] not in train
+
+
+def test_pretrain_missing_valid_split_suggests_hold_out(tmp_path, data_dir):
+    cfg = load_config("smoke", ["pretrain.corpus=wikitext-103", "pretrain.valid_split=nosuch"])
+    with pytest.raises(DataError, match="valid_split=null"):
+        pretrain.run(cfg, tmp_path / "p")
+    assert not (tmp_path / "p").exists()
