@@ -59,7 +59,6 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_stages(_args) -> int:
-    from pipeline import stages
     from pipeline.backbones import REGISTRY
 
     for name in STAGES:
@@ -67,7 +66,6 @@ def _cmd_stages(_args) -> int:
         print(f"{name:9s} {module.__doc__.strip().splitlines()[0]}")
     print("\nbackbones: " + ", ".join(f"{b.name} ({b.description})" for b in REGISTRY.values()))
     print("presets:   " + ", ".join(available_presets()))
-    del stages
     return 0
 
 

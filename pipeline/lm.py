@@ -23,7 +23,7 @@ from fastai.metrics import Perplexity, accuracy
 from fastai.text.data import LMDataLoader
 
 from pipeline.backbones import Backbone
-from pipeline.tokens import BOS, TokenizedCorpus, numericalize, numericalize_tokens, tokenize_texts
+from pipeline.tokens import TokenizedCorpus, numericalize, numericalize_tokens, tokenize_texts
 from pipeline.training import EpochLog, make_learner
 
 log = logging.getLogger("ulmfit")
@@ -78,19 +78,31 @@ def generate(model, itos: list[str], prompt: str, n_words: int = 20, temperature
              lang: str = "en", seed: int = 0) -> str:
     """Sample a continuation of `prompt` (used for stage cards and notebooks)."""
     gen = torch.Generator().manual_seed(seed)
-    model = model.eval().cpu()
+    device = next(model.parameters()).device
+    model.eval()
     _reset(model)
     ids = numericalize_tokens(tokenize_texts([prompt], lang)[0], itos)
     out = list(ids)
-    x = torch.tensor([ids])
+    x = torch.tensor([ids], device=device)
     for _ in range(n_words):
-        logits = _logits(model(x))[0, -1] / temperature
+        logits = _logits(model(x))[0, -1].float().cpu() / temperature
         logits[[0, 1]] = -float("inf")  # never sample xxunk / xxpad
-        nxt = int(torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=gen))
+        nxt = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
         out.append(nxt)
-        x = torch.tensor([[nxt]])
-    _reset(model)
-    words = [itos[i] for i in out if i != BOS]
+        x = torch.tensor([[nxt]], device=device)
+    _reset(model)  # the next forward pass (training or evaluation) starts from a clean state
+    return detokenize([itos[i] for i in out])
+
+
+def detokenize(tokens: list[str]) -> str:
+    """Undo fastai's case markers for display: xxmaj word -> Word, xxup word -> WORD."""
+    words, marker = [], None
+    for tok in tokens:
+        if tok in ("xxmaj", "xxup"):
+            marker = tok
+        elif tok not in ("xxbos", "xxeos", "xxpad"):
+            words.append(tok.capitalize() if marker == "xxmaj" else tok.upper() if marker == "xxup" else tok)
+            marker = None
     return " ".join(words)
 
 

@@ -136,7 +136,8 @@ def tokenize_cached(texts: list[str], cache_dir: Path, lang: str = "en", n_worke
         log.info("tokens for %s: cached (%s)", name, folder.name)
         return _load(folder)
     start = time.perf_counter()
-    log.info("tokenizing %s: %d documents with %d worker(s)", name, len(texts), max(n_workers, 1))
+    workers = n_workers if n_workers > 1 and len(texts) >= PARALLEL_MIN_DOCS else 1
+    log.info("tokenizing %s: %d documents with %d process(es)", name, len(texts), workers)
     corpus = _to_arrays(_tokenize_parallel(texts, lang, n_workers))
     with atomic_dir(folder) as tmp:
         _save(corpus, tmp)

@@ -58,3 +58,9 @@ def test_vocab_and_numericalize(tmp_path):
 def test_max_vocab_caps_size(tmp_path):
     corpus = tokenize_cached([" ".join(f"w{i}" for i in range(100)) * 2], tmp_path, n_workers=0)
     assert len(build_vocab(corpus, 1, 20)) == 24  # 20 real entries, padded to a multiple of 8
+
+
+def test_detokenize_restores_case_for_display():
+    from pipeline.lm import detokenize
+
+    assert detokenize(["xxbos", "xxmaj", "this", "is", "xxup", "great", "!"]) == "This is GREAT !"

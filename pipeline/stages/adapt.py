@@ -67,7 +67,6 @@ def run(cfg: RunConfig, pretrained_dir: str | Path, out_dir: str | Path, cache_k
     log.info("adapt: vocab %d (%d known to stage 1), %d train / %d held-out tokens", len(itos), n_known,
              data.n_train_tokens, data.n_valid_tokens)
     prompts_before = {p: generate(learn.model, itos, p, lang=tok.lang, seed=cfg.seed) for p in SAMPLE_PROMPTS}
-    learn.model.to(device)
     before = evaluate(learn)
     log.info("adapt: held-out perplexity before adaptation %.1f", before["perplexity"])
 
