@@ -162,7 +162,7 @@ def test_pretrain_can_hold_out_training_articles(tmp_path, data_dir):
 
 
 def test_pretrain_missing_valid_split_suggests_hold_out(tmp_path, data_dir):
-    cfg = load_config("smoke", ["pretrain.corpus=wikitext-103", "pretrain.valid_split=nosuch"])
+    cfg = load_config("smoke", ["pretrain.valid_split=nosuch"])
     with pytest.raises(DataError, match="valid_split=null"):
         pretrain.run(cfg, tmp_path / "p")
     assert not (tmp_path / "p").exists()
