@@ -4,7 +4,7 @@ A stage folder holds:
     model.pt       {"state_dict", "config", "vocab", "backbone", "kind", ...} - torch.load(weights_only=True)
     metrics.json   headline numbers
     history.csv    one row per epoch
-    card.md        a short human-readable summary
+    card.md        a short human-readable summary (history.png: loss curves, referenced from it)
     manifest.json  sha256 of every file + the stage's cache key; written last
 
 The whole folder is built under a temporary name and renamed into place, so a killed run

@@ -42,14 +42,17 @@ class EpochLog(Callback):
     order = Recorder.order + 1  # after the Recorder has written this epoch's values
 
     def __init__(self, phase: str = "train"):
-        self.phase, self.rows = phase, []
+        self.phase, self.rows, self.batch_losses = phase, [], []
 
     def before_epoch(self):
         self.epoch_start = self.last_beat = time.perf_counter()
 
     def after_batch(self):
+        if not self.training:
+            return
+        self.batch_losses.append(float(self.smooth_loss))
         now = time.perf_counter()
-        if not self.training or now - self.last_beat < HEARTBEAT_SECS:
+        if now - self.last_beat < HEARTBEAT_SECS:
             return
         self.last_beat = now
         done, total = self.iter + 1, self.n_iter
@@ -61,6 +64,7 @@ class EpochLog(Callback):
         names, values = self.recorder.metric_names, self.recorder.log
         row = {"phase": self.phase, **{n: v for n, v in zip(names, values)}}
         row["epoch"] = len(self.rows)
+        row["batches_seen"] = len(self.batch_losses)
         row["time"] = time.perf_counter() - self.epoch_start
         self.rows.append(row)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float) and k != "time")

@@ -11,7 +11,7 @@ from pipeline.errors import ArtifactError, DataError
 from pipeline.predict import predict
 from pipeline.stages import adapt, classify, pretrain
 
-ARTIFACT_FILES = {"model.pt", "metrics.json", "history.csv", "card.md", "manifest.json"}
+ARTIFACT_FILES = {"model.pt", "metrics.json", "history.csv", "history.png", "card.md", "manifest.json"}
 
 
 @pytest.fixture(scope="module")

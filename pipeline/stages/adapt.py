@@ -13,7 +13,7 @@ from pipeline.config import AdaptConfig, ModelConfig, RunConfig
 from pipeline.data import is_registered, load_corpus, resolve_data_dir
 from pipeline.errors import DataError
 from pipeline.lm import SAMPLE_PROMPTS, LMData, evaluate, generate, lm_learner, to_docs
-from pipeline.stages.common import StageResult, card, lm_blob, out_path, sample_rows
+from pipeline.stages.common import StageResult, card, loss_plot, lm_blob, out_path, sample_rows
 from pipeline.tokens import build_vocab, default_cache_dir, tokenize_cached
 from pipeline.training import EpochLog, count_params, discriminative, fit, pick_device, seed_everything
 from pipeline.transfer import transfer_embeddings
@@ -93,6 +93,7 @@ def run(cfg: RunConfig, pretrained_dir: str | Path, out_dir: str | Path, cache_k
     write_stage(out_path(out_dir),
                 model=lm_blob(learn.model, itos, cfg, NAME, backbone.name, model_cfg.model_dump()),
                 metrics=metrics, history=history, cache_key=cache_key,
+                extra_files={"history.png": loss_plot(recorder, "Stage 2: adaptation")},
                 card=card("Stage 2: language model adapted to the target domain",
                           f"Stage-1 {backbone.name} fine-tuned on {ac.corpus} text ({len(train)} documents, "
                           f"{len(valid)} held out). Test-set text used: {ac.include_test}.", metrics, samples, history))

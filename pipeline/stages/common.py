@@ -53,7 +53,7 @@ def card(title: str, summary: str, metrics: dict, samples: dict[str, str] | None
     if samples:
         parts += ["", "## Samples", ""] + [f"- *{p}* → {s}" for p, s in samples.items()]
     if history is not None and len(history):
-        parts += ["", "## History", "", frame_to_markdown(history)]
+        parts += ["", "## History", "", "![loss curves](history.png)", "", frame_to_markdown(history)]
     return "\n".join(parts) + "\n"
 
 
@@ -64,6 +64,30 @@ def frame_to_markdown(frame: pd.DataFrame) -> str:
     rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
     body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([head, rule, *body])
+
+
+def loss_plot(recorder, title: str) -> bytes:
+    """PNG of the smoothed training loss per batch, with validation loss at each epoch's end."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(range(1, len(recorder.batch_losses) + 1), recorder.batch_losses, label="training loss (smoothed)")
+    history = recorder.history()
+    if len(history) and "valid_loss" in history:
+        ax.plot(history["batches_seen"], history["valid_loss"], "o-", label="validation loss")
+    ax.set(xlabel="batch", ylabel="cross-entropy", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def out_path(out_dir: str | Path) -> Path:

@@ -11,7 +11,7 @@ from pipeline.config import RunConfig
 from pipeline.data import load_corpus, resolve_data_dir
 from pipeline.errors import DataError
 from pipeline.lm import SAMPLE_PROMPTS, LMData, evaluate, generate, lm_learner, to_docs
-from pipeline.stages.common import StageResult, card, lm_blob, out_path, sample_rows
+from pipeline.stages.common import StageResult, card, loss_plot, lm_blob, out_path, sample_rows
 from pipeline.tokens import build_vocab, default_cache_dir, tokenize_cached
 from pipeline.training import EpochLog, count_params, fit, pick_device, seed_everything
 
@@ -67,6 +67,7 @@ def run(cfg: RunConfig, out_dir: str | Path, cache_key: str = "") -> StageResult
     write_stage(out_path(out_dir),
                 model=lm_blob(learn.model, itos, cfg, NAME, backbone.name, cfg.model.model_dump()),
                 metrics=metrics, history=history, cache_key=cache_key,
+                extra_files={"history.png": loss_plot(recorder, "Stage 1: pretraining")},
                 card=card("Stage 1: pretrained language model",
                           f"{backbone.name} trained from scratch on {pc.corpus} ({len(train)} documents).",
                           metrics, samples, history))
