@@ -79,8 +79,12 @@ def _tokenize_chunk(args: tuple[list[str], str]) -> list[list[str]]:
     return tokenize_texts(texts, lang)
 
 
+def _process_count(n_texts: int, n_workers: int) -> int:
+    return n_workers if n_workers > 1 and n_texts >= PARALLEL_MIN_DOCS else 1
+
+
 def _tokenize_parallel(texts: list[str], lang: str, n_workers: int) -> list[list[str]]:
-    if n_workers <= 1 or len(texts) < PARALLEL_MIN_DOCS:
+    if _process_count(len(texts), n_workers) == 1:
         return tokenize_texts(texts, lang)
     n_chunks = n_workers * 8  # several chunks per worker so the progress log moves
     size = -(-len(texts) // n_chunks)
@@ -136,8 +140,8 @@ def tokenize_cached(texts: list[str], cache_dir: Path, lang: str = "en", n_worke
         log.info("tokens for %s: cached (%s)", name, folder.name)
         return _load(folder)
     start = time.perf_counter()
-    workers = n_workers if n_workers > 1 and len(texts) >= PARALLEL_MIN_DOCS else 1
-    log.info("tokenizing %s: %d documents with %d process(es)", name, len(texts), workers)
+    log.info("tokenizing %s: %d documents with %d process(es)", name, len(texts),
+             _process_count(len(texts), n_workers))
     corpus = _to_arrays(_tokenize_parallel(texts, lang, n_workers))
     with atomic_dir(folder) as tmp:
         _save(corpus, tmp)

@@ -65,25 +65,31 @@ def test_discriminative_lrs_divide_by_decay_per_group():
     assert np.allclose(np.array(lrs[1:]) / np.array(lrs[:-1]), 2.6)
 
 
-def test_gradual_unfreezing_trains_only_the_unfrozen_groups(smoke_cfg):
+def _tiny_classifier_learner(cc: ClassifyConfig, train_items: list, valid_items: list):
     from fastai.data.core import DataLoaders
     from fastai.metrics import accuracy
 
-    from pipeline.stages.classify import gradual_unfreezing, loader
-    from pipeline.training import EpochLog, make_learner
+    from pipeline.stages.classify import loader
+    from pipeline.training import make_learner
 
     backbone = get_backbone("awd_lstm")
-    cc = ClassifyConfig(bptt=10, max_len=50, bs=4, epochs_per_phase=[1, 1], lrs=[1e-2, 1e-2])
-    model = backbone.build_classifier(30, 2, TINY, cc)
+    dls = DataLoaders(loader(train_items, cc, True, "cpu"), loader(valid_items, cc, False, "cpu"), device="cpu")
+    return make_learner(dls, backbone.build_classifier(30, 2, TINY, cc), backbone.classifier_splitter,
+                        backbone.callbacks(), [accuracy], 0.0, torch.device("cpu"))
+
+
+def test_gradual_unfreezing_trains_only_the_unfrozen_groups():
+    from pipeline.stages.classify import gradual_unfreezing
+    from pipeline.training import EpochLog
+
+    # phase 1 trains the head only; phase 2 has 0 epochs
+    cc = ClassifyConfig(bptt=10, max_len=50, bs=4, epochs_per_phase=[1, 0], lrs=[1e-2, 1e-2])
     items = [(torch.randint(2, 30, (12,)), torch.tensor(i % 2)) for i in range(8)]
-    dls = DataLoaders(loader(items, cc, True, "cpu"), loader(items, cc, False, "cpu"), device="cpu")
-    learn = make_learner(dls, model, backbone.classifier_splitter, backbone.callbacks(), [accuracy], 0.0,
-                         torch.device("cpu"))
+    learn = _tiny_classifier_learner(cc, items, items)
     learn.create_opt()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    cc_one = ClassifyConfig(**{**cc.model_dump(), "epochs_per_phase": [1, 0], "lrs": [1e-2, 1e-2]})
-    gradual_unfreezing(learn, cc_one, EpochLog())  # phase 1 trains the head only; phase 2 has 0 epochs
-    after = model.state_dict()
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    gradual_unfreezing(learn, cc, EpochLog())
+    after = learn.model.state_dict()
     assert torch.equal(before["0.module.encoder.weight"], after["0.module.encoder.weight"])
     assert torch.equal(before["0.module.rnns.2.module.weight_ih_l0"], after["0.module.rnns.2.module.weight_ih_l0"])
     assert not torch.equal(before["1.layers.1.2.weight"], after["1.layers.1.2.weight"])
@@ -91,18 +97,11 @@ def test_gradual_unfreezing_trains_only_the_unfrozen_groups(smoke_cfg):
 
 def test_stlr_schedule_shape():
     """Slanted triangular: starts at lr/32, peaks at lr after ~10 % of steps, decays back down."""
-    from fastai.data.core import DataLoaders
-    from fastai.metrics import accuracy
+    from pipeline.training import EpochLog, fit
 
-    from pipeline.stages.classify import loader
-    from pipeline.training import EpochLog, fit, make_learner
-
-    backbone = get_backbone("awd_lstm")
     cc = ClassifyConfig(bptt=10, max_len=50, bs=2)
     items = [(torch.randint(2, 30, (8,)), torch.tensor(i % 2)) for i in range(60)]
-    dls = DataLoaders(loader(items, cc, True, "cpu"), loader(items[:4], cc, False, "cpu"), device="cpu")
-    learn = make_learner(dls, backbone.build_classifier(30, 2, TINY, cc), backbone.classifier_splitter,
-                         backbone.callbacks(), [accuracy], 0.0, torch.device("cpu"))
+    learn = _tiny_classifier_learner(cc, items, items[:4])
     fit(learn, 1, 0.01, "stlr", "stlr", EpochLog())
     lrs = np.array(learn.recorder.lrs)
     peak = int(lrs.argmax())

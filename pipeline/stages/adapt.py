@@ -93,7 +93,7 @@ def run(cfg: RunConfig, pretrained_dir: str | Path, out_dir: str | Path, cache_k
     write_stage(out_path(out_dir),
                 model=lm_blob(learn.model, itos, cfg, NAME, backbone.name, model_cfg.model_dump()),
                 metrics=metrics, history=history, cache_key=cache_key,
-                extra_files={"history.png": loss_plot(recorder, "Stage 2: adaptation")},
+                extra_files={"history.png": loss_plot(recorder.batch_losses, history, "Stage 2: adaptation")},
                 card=card("Stage 2: language model adapted to the target domain",
                           f"Stage-1 {backbone.name} fine-tuned on {ac.corpus} text ({len(train)} documents, "
                           f"{len(valid)} held out). Test-set text used: {ac.include_test}.", metrics, samples, history))

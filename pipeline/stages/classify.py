@@ -122,7 +122,7 @@ def run(cfg: RunConfig, adapted_dir: str | Path, out_dir: str | Path, cache_key:
                 "classes": classes, "tokenizer": blob["tokenizer"]}
     shown = {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "classes")}
     write_stage(out_path(out_dir), model=blob_out, metrics=metrics, history=history, cache_key=cache_key,
-                extra_files={"history.png": loss_plot(recorder, "Stage 3: classifier")},
+                extra_files={"history.png": loss_plot(recorder.batch_losses, history, "Stage 3: classifier")},
                 card=card("Stage 3: classifier", _summary(splits, cc), shown, None, history)
                 + "\n## Confusion matrix (rows = true, columns = predicted)\n\n" + _confusion_md(classes, scores["confusion"]))
     log.info("classify: test accuracy %.4f on %d examples", scores["accuracy"], len(test))

@@ -66,7 +66,7 @@ def frame_to_markdown(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
-def loss_plot(recorder, title: str) -> bytes:
+def loss_plot(batch_losses: list[float], history: pd.DataFrame, title: str) -> bytes:
     """PNG of the smoothed training loss per batch, with validation loss at each epoch's end."""
     import io
 
@@ -76,8 +76,7 @@ def loss_plot(recorder, title: str) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot(range(1, len(recorder.batch_losses) + 1), recorder.batch_losses, label="training loss (smoothed)")
-    history = recorder.history()
+    ax.plot(range(1, len(batch_losses) + 1), batch_losses, label="training loss (smoothed)")
     if len(history) and "valid_loss" in history:
         ax.plot(history["batches_seen"], history["valid_loss"], "o-", label="validation loss")
     ax.set(xlabel="batch", ylabel="cross-entropy", title=title)

@@ -67,7 +67,7 @@ def run(cfg: RunConfig, out_dir: str | Path, cache_key: str = "") -> StageResult
     write_stage(out_path(out_dir),
                 model=lm_blob(learn.model, itos, cfg, NAME, backbone.name, cfg.model.model_dump()),
                 metrics=metrics, history=history, cache_key=cache_key,
-                extra_files={"history.png": loss_plot(recorder, "Stage 1: pretraining")},
+                extra_files={"history.png": loss_plot(recorder.batch_losses, history, "Stage 1: pretraining")},
                 card=card("Stage 1: pretrained language model",
                           f"{backbone.name} trained from scratch on {pc.corpus} ({len(train)} documents).",
                           metrics, samples, history))
