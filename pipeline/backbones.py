@@ -1,17 +1,21 @@
 """Backbone registry (in the spirit of fastai's `_model_meta`).
 
-Each entry says how to build the language model and the classifier, how to split each
-into layer groups (for discriminative LRs and gradual unfreezing), which LM weights are
-indexed by vocabulary row (for embedding transfer) and how LM weights seed the
-classifier's encoder. Stage code looks entries up by name and never branches on it.
+Each entry says how to describe an architecture ("arch": a plain dict stored in model.pt),
+build the language model and the classifier from it, split each into layer groups (for
+discriminative LRs and gradual unfreezing), which LM weights are indexed by vocabulary row
+(for embedding transfer), how LM weights seed the classifier's encoder, which callbacks the
+LM objective needs, and how to predict a next token for sampling. Stage code looks entries up
+by name and never branches on it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
+import torch
 from torch import nn
 
+from pipeline import hf_backbones as hf
 from pipeline.config import ClassifyConfig, ModelConfig
 from pipeline.errors import ConfigError
 
@@ -20,13 +24,19 @@ from pipeline.errors import ConfigError
 class Backbone:
     name: str
     description: str
-    build_lm: Callable[[int, ModelConfig], nn.Module]
-    build_classifier: Callable[[int, int, ModelConfig, ClassifyConfig], nn.Module]
+    objective: str  # "causal" (next token) or "masked" (BERT's masked tokens): names the perplexity reported
+    make_arch: Callable[[int, ModelConfig, object], dict]  # (vocab size, model config, specials) -> arch
+    build_lm: Callable[[dict], nn.Module]
+    build_classifier: Callable[[dict, int, ClassifyConfig, object], nn.Module]  # (arch, n_class, cfg, specials)
     lm_splitter: Callable[[nn.Module], list]
     classifier_splitter: Callable[[nn.Module], list]
     vocab_keys: tuple[str, ...]  # LM state_dict entries whose first dim is the vocabulary
     lm_to_classifier: Callable[[dict], dict]  # LM state_dict -> classifier encoder entries
-    callbacks: Callable[[], list] = field(default=lambda: [])  # fastai callbacks training needs
+    next_token_logits: Callable[[nn.Module, torch.Tensor, object], torch.Tensor]  # (model, ids (1, n), specials)
+    lm_callbacks: Callable[[int, object, int], list] = field(default=lambda vocab_sz, specials, seed: [])
+    classifier_callbacks: Callable[[], list] = field(default=lambda: [])
+    max_seq_len: Callable[[dict], Optional[int]] = field(default=lambda arch: None)
+    load_checkpoint: Optional[Callable[[str], tuple]] = None  # local HF folder -> (LM, arch), for init_from
 
 
 REGISTRY: dict[str, Backbone] = {}
@@ -43,26 +53,39 @@ def get_backbone(name: str) -> Backbone:
     return REGISTRY[name]
 
 
+def with_vocab(arch: dict, vocab_sz: int) -> dict:
+    """The same architecture over a different vocabulary (stage 2 rebuilds it for the target text)."""
+    return {**arch, "vocab_size": vocab_sz}
+
+
 # --- AWD-LSTM (fastai) -----------------------------------------------------------------------
 
-def _awd_config(base: dict, model: ModelConfig) -> dict:
+def _awd_arch(vocab_sz: int, model: ModelConfig, specials) -> dict:
+    sizes = model.awd_lstm
+    return {"vocab_size": vocab_sz, "emb_sz": sizes.emb_sz, "n_hid": sizes.n_hid, "n_layers": sizes.n_layers,
+            "drop_mult": model.drop_mult}
+
+
+def _awd_config(base: dict, arch: dict) -> dict:
     # A partial config makes fastai raise KeyError('tie_weights'): always start from the full default.
-    return {**base, "emb_sz": model.emb_sz, "n_hid": model.n_hid, "n_layers": model.n_layers}
+    return {**base, "emb_sz": arch["emb_sz"], "n_hid": arch["n_hid"], "n_layers": arch["n_layers"]}
 
 
-def _awd_lm(vocab_sz: int, model: ModelConfig) -> nn.Module:
+def _awd_lm(arch: dict) -> nn.Module:
     from fastai.text.all import AWD_LSTM, awd_lstm_lm_config, get_language_model
 
-    return get_language_model(AWD_LSTM, vocab_sz, config=_awd_config(awd_lstm_lm_config, model),
-                              drop_mult=model.drop_mult)
+    return get_language_model(AWD_LSTM, arch["vocab_size"], config=_awd_config(awd_lstm_lm_config, arch),
+                              drop_mult=arch["drop_mult"])
 
 
-def _awd_classifier(vocab_sz: int, n_class: int, model: ModelConfig, clas: ClassifyConfig) -> nn.Module:
+def _awd_classifier(arch: dict, n_class: int, clas: ClassifyConfig, specials) -> nn.Module:
     from fastai.text.all import AWD_LSTM, awd_lstm_clas_config, get_text_classifier
 
+    if clas.pooling not in ("auto", "concat"):
+        raise ConfigError(f"classify.pooling={clas.pooling!r}: the awd_lstm classifier pools with concat only")
     # ULMFiT head: concat pooling [last, max, mean] -> 50 -> n_class, BatchNorm + dropout per block.
-    return get_text_classifier(AWD_LSTM, vocab_sz, n_class, seq_len=clas.bptt,
-                               config=_awd_config(awd_lstm_clas_config, model),
+    return get_text_classifier(AWD_LSTM, arch["vocab_size"], n_class, seq_len=clas.bptt,
+                               config=_awd_config(awd_lstm_clas_config, arch), pad_idx=specials.pad,
                                drop_mult=clas.drop_mult, lin_ftrs=[50], max_len=clas.max_len)
 
 
@@ -83,20 +106,75 @@ def _awd_lm_to_classifier(lm_state: dict) -> dict:
     return {f"0.module.{k[2:]}": v for k, v in lm_state.items() if k.startswith("0.")}
 
 
-def _rnn_callbacks() -> list:
+def _rnn_callbacks(*_args) -> list:
     from fastai.text.all import rnn_cbs
 
     return rnn_cbs(alpha=2.0, beta=1.0)  # AR/TAR regularisation as in AWD-LSTM / ULMFiT
 
 
+@torch.no_grad()
+def _awd_next(model: nn.Module, ids: torch.Tensor, specials) -> torch.Tensor:
+    model.reset()  # read the whole prompt from a clean state; leave a clean state behind
+    out = model(ids)
+    logits = (out[0] if isinstance(out, tuple) else out)[0, -1]  # fastai RNN models may return a tuple
+    model.reset()
+    return logits
+
+
+def _masked_lm_callbacks(vocab_sz: int, specials, seed: int) -> list:
+    from pipeline.masking import MaskedLM
+
+    if specials.mask is None:
+        raise ConfigError("the bert backbone needs a tokenizer with a mask token")
+    return [MaskedLM(vocab_sz, specials.mask, specials.pad, specials.n_reserved, seed)]
+
+
 register(Backbone(
     name="awd_lstm",
     description="fastai AWD-LSTM (Merity et al.), the ULMFiT backbone; BPT3C classifier with concat pooling",
+    objective="causal",
+    make_arch=_awd_arch,
     build_lm=_awd_lm,
     build_classifier=_awd_classifier,
     lm_splitter=_awd_lm_split,
     classifier_splitter=_awd_clas_split,
     vocab_keys=("0.encoder.weight", "0.encoder_dp.emb.weight", "1.decoder.weight", "1.decoder.bias"),
     lm_to_classifier=_awd_lm_to_classifier,
-    callbacks=_rnn_callbacks,
+    next_token_logits=_awd_next,
+    lm_callbacks=_rnn_callbacks,
+    classifier_callbacks=_rnn_callbacks,
+))
+
+register(Backbone(
+    name="gpt",
+    description="GPT-2-style causal transformer (HF transformers, from a config); chunked classifier, concat pooling",
+    objective="causal",
+    make_arch=hf.gpt_arch,
+    build_lm=hf.build_causal_lm,
+    build_classifier=hf.classifier_builder("concat"),
+    lm_splitter=hf.lm_split,
+    classifier_splitter=hf.classifier_split,
+    vocab_keys=("hf.transformer.wte.weight", "hf.lm_head.weight"),
+    lm_to_classifier=hf.lm_to_classifier,
+    next_token_logits=hf.causal_next,
+    max_seq_len=hf.max_positions,
+    load_checkpoint=hf.load_causal_lm,
+))
+
+register(Backbone(
+    name="bert",
+    description="BERT-style masked-LM transformer (HF transformers, from a config); 15% masking 80/10/10, mean pooling",
+    objective="masked",
+    make_arch=hf.bert_arch,
+    build_lm=hf.build_masked_lm,
+    build_classifier=hf.classifier_builder("mean"),
+    lm_splitter=hf.lm_split,
+    classifier_splitter=hf.classifier_split,
+    vocab_keys=("hf.bert.embeddings.word_embeddings.weight", "hf.cls.predictions.decoder.weight",
+                "hf.cls.predictions.bias", "hf.cls.predictions.decoder.bias"),
+    lm_to_classifier=hf.lm_to_classifier,
+    next_token_logits=hf.masked_next,
+    lm_callbacks=_masked_lm_callbacks,
+    max_seq_len=hf.max_positions,
+    load_checkpoint=hf.load_masked_lm,
 ))

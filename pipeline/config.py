@@ -23,16 +23,49 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=False, validate_default=True)
 
 
-class ModelConfig(_Frozen):
-    backbone: str = Field("awd_lstm", description="Backbone registry entry (see `ulmfit stages`).")
+class AwdLstmConfig(_Frozen):
     emb_sz: int = Field(400, gt=0, description="Embedding size.")
     n_hid: int = Field(1152, gt=0, description="Hidden size of each recurrent layer.")
     n_layers: int = Field(3, gt=0, description="Number of recurrent layers.")
+
+
+class TransformerConfig(_Frozen):
+    d_model: int = Field(512, gt=0, description="Hidden size (embedding size).")
+    n_layers: int = Field(6, gt=0, description="Transformer blocks.")
+    n_heads: int = Field(8, gt=0, description="Attention heads; must divide d_model.")
+    d_ff: int = Field(2048, gt=0, description="Feed-forward inner size.")
+    max_positions: int = Field(512, gt=1, description="Longest sequence the position embeddings cover (>= every bptt).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout (times model.drop_mult) on attention, residuals and embeddings.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
+        return self
+
+
+class ModelConfig(_Frozen):
+    """The backbone is one setting; each backbone has its own size section (only the chosen one is used)."""
+
+    backbone: str = Field("awd_lstm", description="Backbone registry entry: awd_lstm, gpt (causal transformer) or bert (masked-LM transformer).")
     drop_mult: float = Field(1.0, ge=0, description="Multiplier applied to every dropout of the backbone.")
+    awd_lstm: AwdLstmConfig = AwdLstmConfig()
+    gpt: TransformerConfig = TransformerConfig()
+    bert: TransformerConfig = TransformerConfig()
+
+    def sizes(self) -> _Frozen | None:
+        """The chosen backbone's size section (None for a backbone that has none)."""
+        return getattr(self, self.backbone, None)
+
+    def used(self) -> dict:
+        """What results depend on: the backbone name, drop_mult and only the chosen backbone's sizes."""
+        sizes = self.sizes()
+        return {"backbone": self.backbone, "drop_mult": self.drop_mult,
+                "sizes": sizes.model_dump() if sizes is not None else None}
 
 
 class TokenizerConfig(_Frozen):
-    kind: Literal["spacy"] = Field("spacy", description="Word tokenizer (spaCy with fastai's rules).")
+    kind: Literal["spacy", "wordpiece", "bpe"] = Field("spacy", description="spacy: word-level (spaCy with fastai's rules), vocabulary rebuilt per stage; wordpiece / bpe: a Hugging Face subword tokenizer (WordPiece, byte-level BPE) trained on the stage-1 corpus (pretrain.max_vocab pieces) and reused by stages 2-3.")
     lang: str = Field("en", description="spaCy language code.")
     n_workers: int = Field(2, ge=0, description="Tokenizer processes (0 = in-process). Not part of cache keys.")
 
@@ -53,6 +86,7 @@ class PretrainConfig(_LMStage):
     valid_split: str | None = Field("valid", description="Split for validation perplexity; None = hold out max_valid_docs training articles (fast.ai's WikiText archives have no valid split).")
     epochs: int = Field(10, ge=0, description="Training epochs; 0 keeps the random initialisation (the 'no pretraining' ablation).")
     lr: float = Field(5e-3, gt=0, description="Peak learning rate.")
+    init_from: str | None = Field(None, description="Local directory of a Hugging Face checkpoint (config.json, weights, tokenizer.json) that seeds stage 1 for a transformer backbone; its tokenizer replaces tokenizer.kind. With epochs=0, stage 1 is skipped (only evaluated). Never downloaded.")
 
 
 class AdaptConfig(_LMStage):
@@ -81,9 +115,11 @@ class ClassifyConfig(_Frozen):
     lr_decay: float = Field(2.6, ge=1, description="Discriminative LR factor between layer groups.")
     schedule: Literal["one_cycle", "stlr"] = Field("one_cycle", description="LR schedule within each phase.")
     bs: int = Field(64, gt=0, description="Batch size (reviews).")
-    bptt: int = Field(72, gt=1, description="BPT3C chunk length: the review is read in chunks of this many tokens.")
+    bptt: int = Field(72, gt=1, description="Chunk length: the LSTM reads a review in chunks of this many tokens carrying its state (BPT3C); a transformer encodes each chunk separately and pools over all of them.")
     max_len: int = Field(1440, gt=1, description="Only the last max_len tokens of a review feed the pooling (BPT3C); the whole review still runs through the encoder's state.")
-    max_tokens: int | None = Field(None, gt=1, description="Truncate reviews to their first N tokens (None = whole reviews).")
+    max_tokens: int | None = Field(None, gt=1, description="Truncate reviews to N tokens (None = whole reviews; see truncation).")
+    truncation: Literal["head", "head_tail"] = Field("head", description="With max_tokens: keep the first N tokens (head), or the first N/4 and the last 3N/4 (head_tail, Sun et al. 2019).")
+    pooling: Literal["auto", "concat", "last", "first", "mean"] = Field("auto", description="How token states become one vector: concat = [last, max, mean] (ULMFiT), last token, first token ([CLS]-style), mean; auto = the backbone's default (awd_lstm/gpt: concat, bert: mean). awd_lstm supports only concat.")
     wd: float = Field(0.1, ge=0, description="Weight decay.")
     drop_mult: float = Field(1.0, ge=0, description="Dropout multiplier for the classifier's ULMFiT dropouts (fastai's IMDb tutorial uses 0.5).")
 
@@ -159,5 +195,5 @@ def stage_config(cfg: RunConfig, stage: str) -> dict:
     """What a stage's result depends on (its cache key input): its own section plus the model,
     tokenizer settings and seed. Worker counts and paths that do not change results are left out."""
     tok = cfg.tokenizer.model_dump(exclude={"n_workers"})
-    return {"stage": stage, "seed": cfg.seed, "model": cfg.model.model_dump(),
+    return {"stage": stage, "seed": cfg.seed, "model": cfg.model.used(),
             "tokenizer": tok, stage: getattr(cfg, stage).model_dump()}

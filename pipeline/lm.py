@@ -16,15 +16,16 @@ import logging
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from fastai.data.core import DataLoaders
-from fastai.metrics import Perplexity, accuracy
+from fastai.metrics import Perplexity
 from fastai.text.data import LMDataLoader
 
 from pipeline.backbones import Backbone
-from pipeline.tokens import TokenizedCorpus, numericalize, numericalize_tokens, tokenize_texts
-from pipeline.training import EpochLog, make_learner
+from pipeline.errors import ConfigError
+from pipeline.masking import lm_accuracy
+from pipeline.tokens import detokenize  # noqa: F401  (re-exported for notebooks)
+from pipeline.training import make_learner
 
 log = logging.getLogger("ulmfit")
 SAMPLE_PROMPTS = ["This movie was", "The acting in this film", "I would not recommend"]
@@ -44,9 +45,11 @@ class LMData:
         return sum(len(d) for d in self.valid)
 
 
-def to_docs(corpus: TokenizedCorpus, itos: list[str]) -> list[torch.Tensor]:
-    ids, offsets = numericalize(corpus, itos)
-    return [torch.from_numpy(ids[offsets[i]:offsets[i + 1]].astype(np.int64)) for i in range(len(offsets) - 1)]
+def lm_data(encoder, train_texts: list[str], valid_texts: list[str], name: str) -> LMData:
+    """Encode both text sets with the stage's encoder into token-id documents."""
+    def docs(texts, part):
+        return [torch.from_numpy(d) for d in encoder.encode(texts, f"{name}/{part}") if len(d)]
+    return LMData(docs(train_texts, "train"), docs(valid_texts, "valid"))
 
 
 def lm_loader(docs: list[torch.Tensor], bs: int, bptt: int, shuffle: bool, device) -> LMDataLoader:
@@ -56,61 +59,42 @@ def lm_loader(docs: list[torch.Tensor], bs: int, bptt: int, shuffle: bool, devic
     return LMDataLoader(docs, bs=bs, seq_len=bptt, shuffle=shuffle, device=device)
 
 
-def lm_learner(backbone: Backbone, model, data: LMData, bs: int, bptt: int, wd: float, device):
+def lm_learner(backbone: Backbone, model, arch: dict, data: LMData, bs: int, bptt: int, wd: float, device,
+               specials, seed: int):
+    limit = backbone.max_seq_len(arch)
+    if limit and bptt > limit:
+        raise ConfigError(f"bptt={bptt} exceeds the {backbone.name} model's {limit} positions")
     dls = DataLoaders(lm_loader(data.train, bs, bptt, True, device),
                       lm_loader(data.valid, bs, bptt, False, device), device=device)
-    return make_learner(dls, model, backbone.lm_splitter, backbone.callbacks(),
-                        metrics=[accuracy, Perplexity()], wd=wd, device=device)
+    callbacks = backbone.lm_callbacks(arch["vocab_size"], specials, seed)
+    return make_learner(dls, model, backbone.lm_splitter, callbacks,
+                        metrics=[lm_accuracy, Perplexity()], wd=wd, device=device)
 
 
 def evaluate(learn) -> dict:
-    """Held-out loss, perplexity and next-token accuracy on the learner's validation stream."""
+    """Held-out loss, perplexity and token accuracy on the learner's validation stream.
+
+    For a masked LM these are over the masked positions (BERT's pseudo-perplexity), which is
+    not comparable with a causal LM's next-token perplexity."""
     loss, acc, _ = learn.validate()
     return {"loss": float(loss), "perplexity": float(math.exp(loss)), "accuracy": float(acc)}
 
 
-def new_recorder() -> EpochLog:
-    return EpochLog()
-
-
 @torch.no_grad()
-def generate(model, itos: list[str], prompt: str, n_words: int = 20, temperature: float = 0.8,
-             lang: str = "en", seed: int = 0) -> str:
-    """Sample a continuation of `prompt` (used for stage cards and notebooks)."""
+def generate(model, backbone: Backbone, encoder, prompt: str, n_tokens: int = 20, temperature: float = 0.8,
+             seed: int = 0) -> str:
+    """Sample a continuation of `prompt` (stage cards and notebooks). Each step re-reads the whole text."""
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
+    was_training = model.training
     model.eval()
-    _reset(model)
-    ids = numericalize_tokens(tokenize_texts([prompt], lang)[0], itos)
-    out = list(ids)
-    x = torch.tensor([ids], device=device)
-    for _ in range(n_words):
-        logits = _logits(model(x))[0, -1].float().cpu() / temperature
-        logits[[0, 1]] = -float("inf")  # never sample xxunk / xxpad
-        nxt = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
-        out.append(nxt)
-        x = torch.tensor([[nxt]], device=device)
-    _reset(model)  # the next forward pass (training or evaluation) starts from a clean state
-    return detokenize([itos[i] for i in out])
-
-
-def detokenize(tokens: list[str]) -> str:
-    """Undo fastai's case markers for display: xxmaj word -> Word, xxup word -> WORD."""
-    words, marker = [], None
-    for tok in tokens:
-        if tok in ("xxmaj", "xxup"):
-            marker = tok
-        elif tok not in ("xxbos", "xxeos", "xxpad"):
-            words.append(tok.capitalize() if marker == "xxmaj" else tok.upper() if marker == "xxup" else tok)
-            marker = None
-    return " ".join(words)
-
-
-def _reset(model) -> None:
-    if hasattr(model, "reset"):
-        model.reset()
-
-
-def _logits(output):
-    # fastai RNN models return (logits, raw_outputs, outputs); plain modules return logits.
-    return output[0] if isinstance(output, tuple) else output
+    out = list(encoder.encode([prompt], "prompt")[0])
+    never = [i for i in (encoder.specials.unk, encoder.specials.pad, encoder.specials.bos, encoder.specials.mask)
+             if i is not None]
+    for _ in range(n_tokens):
+        ids = torch.tensor([out], device=device)
+        logits = backbone.next_token_logits(model, ids, encoder.specials).float().cpu() / temperature
+        logits[never] = -float("inf")
+        out.append(int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)))
+    model.train(was_training)
+    return encoder.decode(out)

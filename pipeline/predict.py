@@ -9,7 +9,7 @@ from pipeline.artifacts import is_complete, load_model_file
 from pipeline.config import ClassifyConfig
 from pipeline.errors import ArtifactError, DataError
 from pipeline.stages.classify import build_model
-from pipeline.tokens import numericalize_tokens, tokenize_texts
+from pipeline.text import encoder_from_state
 
 
 def classifier_dir(run: str | Path) -> Path:
@@ -26,9 +26,10 @@ def classifier_dir(run: str | Path) -> Path:
 def load_classifier(run: str | Path):
     blob = load_model_file(classifier_dir(run), expect_kind="classifier")
     cc = ClassifyConfig(**blob["classify_config"])
-    _, model = build_model(blob, len(blob["classes"]), cc, load_encoder=False)
+    encoder = encoder_from_state(blob["tokenizer"], blob["vocab"])
+    _, model = build_model(blob, len(blob["classes"]), cc, encoder.specials, load_encoder=False)
     model.load_state_dict(blob["state_dict"])
-    return model.eval(), blob
+    return model.eval(), blob, encoder
 
 
 @torch.no_grad()
@@ -37,10 +38,10 @@ def predict(run: str | Path, texts: list[str]) -> list[tuple[str, float]]:
     empty = [i for i, t in enumerate(texts) if not t or not t.strip()]
     if empty:
         raise DataError(f"text #{empty[0] + 1} is empty: nothing to classify")
-    model, blob = load_classifier(run)
+    model, blob, encoder = load_classifier(run)
     results = []
-    for tokens in tokenize_texts(list(texts), blob["tokenizer"]["lang"]):
-        ids = torch.tensor([numericalize_tokens(tokens, blob["vocab"])])
+    for doc in encoder.encode(list(texts), "predict"):
+        ids = torch.from_numpy(doc)[None]
         if hasattr(model, "reset"):
             model.reset()
         out = model(ids)

@@ -28,8 +28,8 @@ from pipeline.artifacts import atomic_dir
 
 log = logging.getLogger("ulmfit")
 TOKENIZER_VERSION = "spacy-fastai-rules-1"
-SPECIAL_TOKENS = ["xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj"]
-UNK, PAD, BOS = 0, 1, 2
+SPECIAL_TOKENS = ["xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj", "xxmask"]
+UNK, PAD, BOS, MASK = 0, 1, 2, 9
 PARALLEL_MIN_DOCS = 400  # below this, process start-up costs more than it saves
 
 
@@ -173,3 +173,15 @@ def numericalize(corpus: TokenizedCorpus, itos: list[str]) -> tuple[np.ndarray, 
 def numericalize_tokens(tokens: list[str], itos: list[str]) -> list[int]:
     stoi = {t: i for i, t in enumerate(itos)}
     return [stoi.get(t, UNK) for t in tokens]
+
+
+def detokenize(tokens: list[str]) -> str:
+    """Undo fastai's case markers for display: xxmaj word -> Word, xxup word -> WORD."""
+    words, marker = [], None
+    for tok in tokens:
+        if tok in ("xxmaj", "xxup"):
+            marker = tok
+        elif tok not in ("xxbos", "xxeos", "xxpad"):
+            words.append(tok.capitalize() if marker == "xxmaj" else tok.upper() if marker == "xxup" else tok)
+            marker = None
+    return " ".join(words)

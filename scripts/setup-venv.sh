@@ -14,4 +14,9 @@ fi
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".${extras:+[$extras]}"
+# fastai pulls a torchvision wheel built for CUDA torch; with the CPU torch it fails to import and
+# then `transformers` cannot find its model classes. Nothing here uses torchvision: drop a broken one.
+if ! "$venv/bin/python" -c "import torchvision" >/dev/null 2>&1; then
+  "$venv/bin/python" -m pip uninstall --quiet --yes torchvision
+fi
 echo "$want" > "$stamp"

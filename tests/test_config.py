@@ -14,7 +14,8 @@ def test_presets_load():
 
 def test_full_preset_is_the_paper_setting():
     cfg = load_config("full")
-    assert (cfg.model.emb_sz, cfg.model.n_hid, cfg.model.n_layers) == (400, 1152, 3)
+    sizes = cfg.model.awd_lstm
+    assert (sizes.emb_sz, sizes.n_hid, sizes.n_layers) == (400, 1152, 3)
     assert cfg.pretrain.corpus == "wikitext-103" and cfg.pretrain.bptt == 70 and cfg.pretrain.bs == 64
     assert cfg.adapt.lr_decay == 2.6 and cfg.classify.lr_decay == 2.6
 

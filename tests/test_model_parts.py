@@ -4,12 +4,18 @@ import pytest
 import torch
 
 from pipeline.backbones import REGISTRY, get_backbone
-from pipeline.config import ClassifyConfig, ModelConfig
+from pipeline.config import AwdLstmConfig, ClassifyConfig, ModelConfig, TransformerConfig
 from pipeline.errors import ConfigError
+from pipeline.text import WORD_SPECIALS
 from pipeline.training import discriminative
 from pipeline.transfer import transfer_embeddings
 
-TINY = ModelConfig(emb_sz=8, n_hid=16, n_layers=3)
+SMALL = TransformerConfig(d_model=16, n_layers=3, n_heads=2, d_ff=32, max_positions=64)
+TINY = ModelConfig(awd_lstm=AwdLstmConfig(emb_sz=8, n_hid=16, n_layers=3), gpt=SMALL, bert=SMALL)
+
+
+def tiny_arch(name: str, vocab_sz: int = 40) -> dict:
+    return get_backbone(name).make_arch(vocab_sz, TINY.model_copy(update={"backbone": name}), WORD_SPECIALS)
 
 
 def test_transfer_keeps_known_rows_and_means_new_ones():
@@ -31,27 +37,35 @@ def test_transfer_rejects_mismatched_vocab():
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_registry_entry_builds_and_splits(name):
-    backbone = get_backbone(name)
-    lm = backbone.build_lm(40, TINY)
+    backbone, arch = get_backbone(name), tiny_arch(name)
+    lm = backbone.build_lm(arch)
     lm_groups = backbone.lm_splitter(lm)
-    assert sum(len(g) for g in lm_groups) == len(list(lm.parameters()))
+    assert sum(len(g) for g in lm_groups) == len(list(lm.parameters()))  # every parameter, once
     state = lm.state_dict()
     assert all(state[k].shape[0] == 40 for k in backbone.vocab_keys)
-    clas = backbone.build_classifier(40, 3, TINY, ClassifyConfig(bptt=10, max_len=50))
+    clas = backbone.build_classifier(arch, 3, ClassifyConfig(bptt=10, max_len=50), WORD_SPECIALS)
     clas_groups = backbone.classifier_splitter(clas)
     assert sum(len(g) for g in clas_groups) == len(list(clas.parameters()))
-    missing, unexpected = clas.load_state_dict(backbone.lm_to_classifier(state), strict=False)
-    assert not unexpected and all(not k.startswith("0.") for k in missing)  # only the head is new
-    out = clas(torch.randint(2, 40, (2, 25)))
+    wanted = backbone.lm_to_classifier(state)
+    missing, unexpected = clas.load_state_dict(wanted, strict=False)
+    assert wanted and not unexpected and not [k for k in missing if k in wanted]
+    assert all(k.split(".")[0] in ("1", "head") for k in missing)  # only the head is new
+    out = clas(torch.randint(10, 40, (2, 25)))
     logits = out[0] if isinstance(out, tuple) else out
     assert logits.shape == (2, 3)
 
 
-def test_awd_lstm_groups_are_embedding_layers_head():
-    backbone = get_backbone("awd_lstm")
-    clas = backbone.build_classifier(40, 2, TINY, ClassifyConfig(bptt=10))
-    assert len(backbone.classifier_splitter(clas)) == TINY.n_layers + 2
-    assert len(backbone.lm_splitter(backbone.build_lm(40, TINY))) == TINY.n_layers + 1
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_layer_groups_are_embeddings_blocks_head(name):
+    """n layers -> LM: n + 1 groups (last = embeddings/decoder); classifier: n + 2 (embeddings, layers, head)."""
+    backbone, arch = get_backbone(name), tiny_arch(name)
+    clas = backbone.build_classifier(arch, 2, ClassifyConfig(bptt=10), WORD_SPECIALS)
+    assert len(backbone.classifier_splitter(clas)) == 3 + 2
+    lm = backbone.build_lm(arch)
+    groups = backbone.lm_splitter(lm)
+    assert len(groups) == 3 + 1
+    embedding = lm.state_dict()[backbone.vocab_keys[0]]
+    assert any(p is embedding or p.data_ptr() == embedding.data_ptr() for p in groups[-1])
 
 
 def test_unknown_backbone():
@@ -73,9 +87,10 @@ def _tiny_classifier_learner(cc: ClassifyConfig, train_items: list, valid_items:
     from pipeline.training import make_learner
 
     backbone = get_backbone("awd_lstm")
-    dls = DataLoaders(loader(train_items, cc, True, "cpu"), loader(valid_items, cc, False, "cpu"), device="cpu")
-    return make_learner(dls, backbone.build_classifier(30, 2, TINY, cc), backbone.classifier_splitter,
-                        backbone.callbacks(), [accuracy], 0.0, torch.device("cpu"))
+    dls = DataLoaders(loader(train_items, cc, True, "cpu", 1), loader(valid_items, cc, False, "cpu", 1), device="cpu")
+    return make_learner(dls, backbone.build_classifier(tiny_arch("awd_lstm", 30), 2, cc, WORD_SPECIALS),
+                        backbone.classifier_splitter, backbone.classifier_callbacks(), [accuracy], 0.0,
+                        torch.device("cpu"))
 
 
 def test_gradual_unfreezing_trains_only_the_unfrozen_groups():

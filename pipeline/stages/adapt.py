@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.artifacts import load_model_file, write_stage
-from pipeline.backbones import get_backbone
-from pipeline.config import AdaptConfig, ModelConfig, RunConfig
+from pipeline.backbones import get_backbone, with_vocab
+from pipeline.config import AdaptConfig, RunConfig
 from pipeline.data import is_registered, load_corpus, resolve_data_dir
 from pipeline.errors import DataError
-from pipeline.lm import SAMPLE_PROMPTS, LMData, evaluate, generate, lm_learner, to_docs
-from pipeline.stages.common import StageResult, card, loss_plot, lm_blob, out_path, sample_rows
-from pipeline.tokens import build_vocab, default_cache_dir, tokenize_cached
+from pipeline.lm import SAMPLE_PROMPTS, evaluate, generate, lm_data, lm_learner
+from pipeline.stages.common import StageResult, blob_arch, card, loss_plot, lm_blob, out_path, sample_rows
+from pipeline.text import encoder_from_state, fit_encoder
 from pipeline.training import EpochLog, count_params, discriminative, fit, pick_device, seed_everything
 from pipeline.transfer import transfer_embeddings
 
@@ -28,7 +28,7 @@ def domain_texts(ac: AdaptConfig, data_dir: Path) -> list[str]:
         return load_corpus(ac.corpus, None, data_dir=data_dir, text_col=ac.text_col)["text"].tolist()
     splits = list(ac.splits) + (["test"] if ac.include_test and "test" not in ac.splits else [])
     if "test" in splits and not ac.include_test:
-        raise DataError(f"adapt.splits includes 'test' but adapt.include_test is false: "
+        raise DataError("adapt.splits includes 'test' but adapt.include_test is false: "
                         "using test-set text leaks it into the LM; set adapt.include_test=true to allow it")
     texts: list[str] = []
     for split in splits:
@@ -47,26 +47,36 @@ def split_held_out(texts: list[str], ac: AdaptConfig, seed: int) -> tuple[list[s
     return [texts[i] for i in sorted(order[n_valid:])], [texts[i] for i in sorted(order[:n_valid])]
 
 
+def target_model(cfg: RunConfig, blob: dict, train_texts: list[str]):
+    """(encoder, arch, model) for the target domain. A word vocabulary is rebuilt on the target text
+    and the stage-1 embeddings are carried over row by row; a subword tokenizer is reused as is."""
+    ac, backbone = cfg.adapt, get_backbone(blob["backbone"])
+    encoder = encoder_from_state(blob["tokenizer"], blob["vocab"], cfg.cache_dir, cfg.tokenizer.n_workers)
+    arch, state, n_known = blob_arch(blob), blob["state_dict"], len(encoder.itos)
+    if encoder.refits_on_target:
+        old_itos = encoder.itos
+        encoder = fit_encoder(cfg.tokenizer, train_texts, ac.min_freq, ac.max_vocab, cfg.cache_dir,
+                              f"{ac.corpus}/lm-train")
+        state, n_known = transfer_embeddings(state, old_itos, encoder.itos, backbone.vocab_keys)
+        arch = with_vocab(arch, len(encoder.itos))
+    model = backbone.build_lm(arch)
+    model.load_state_dict(state)
+    return encoder, arch, model, n_known
+
+
 def run(cfg: RunConfig, pretrained_dir: str | Path, out_dir: str | Path, cache_key: str = "") -> StageResult:
     ac, start = cfg.adapt, time.perf_counter()
     seed_everything(cfg.seed)
     blob = load_model_file(pretrained_dir, expect_kind="lm")
-    cache, tok = default_cache_dir(cfg.cache_dir), cfg.tokenizer
     train_texts, valid_texts = split_held_out(domain_texts(ac, resolve_data_dir(cfg.data_dir)), ac, cfg.seed)
-    train = tokenize_cached(train_texts, cache, tok.lang, tok.n_workers, f"{ac.corpus}/lm-train")
-    valid = tokenize_cached(valid_texts, cache, tok.lang, tok.n_workers, f"{ac.corpus}/lm-held-out")
-    itos = build_vocab(train, ac.min_freq, ac.max_vocab)
-
     backbone, device = get_backbone(blob["backbone"]), pick_device(cfg.device)
-    model_cfg = ModelConfig(**blob["model_config"])
-    state, n_known = transfer_embeddings(blob["state_dict"], blob["vocab"], itos, backbone.vocab_keys)
-    model = backbone.build_lm(len(itos), model_cfg)
-    model.load_state_dict(state)
-    data = LMData(to_docs(train, itos), to_docs(valid, itos))
-    learn = lm_learner(backbone, model, data, ac.bs, ac.bptt, ac.wd, device)
+    encoder, arch, model, n_known = target_model(cfg, blob, train_texts)
+    data = lm_data(encoder, train_texts, valid_texts, f"{ac.corpus}/lm")
+    learn = lm_learner(backbone, model, arch, data, ac.bs, ac.bptt, ac.wd, device, encoder.specials, cfg.seed)
+    itos = encoder.itos
     log.info("adapt: vocab %d (%d known to stage 1), %d train / %d held-out tokens", len(itos), n_known,
              data.n_train_tokens, data.n_valid_tokens)
-    prompts_before = {p: generate(learn.model, itos, p, lang=tok.lang, seed=cfg.seed) for p in SAMPLE_PROMPTS}
+    prompts_before = {p: generate(learn.model, backbone, encoder, p, seed=cfg.seed) for p in SAMPLE_PROMPTS}
     before = evaluate(learn)
     log.info("adapt: held-out perplexity before adaptation %.1f", before["perplexity"])
 
@@ -83,19 +93,20 @@ def run(cfg: RunConfig, pretrained_dir: str | Path, out_dir: str | Path, cache_k
     metrics = {"held_out_perplexity_before": before["perplexity"], "held_out_perplexity_after": after["perplexity"],
                "held_out_accuracy_before": before["accuracy"], "held_out_accuracy_after": after["accuracy"],
                "corpus": ac.corpus, "epochs": epochs, "train_tokens": data.n_train_tokens,
-               "held_out_tokens": data.n_valid_tokens, "train_docs": len(train), "held_out_docs": len(valid),
+               "held_out_tokens": data.n_valid_tokens, "train_docs": len(data.train), "held_out_docs": len(data.valid),
                "vocab_size": len(itos), "vocab_known_from_pretrain": n_known, "params": count_params(model),
+               "backbone": backbone.name, "objective": backbone.objective,
                "train_seconds": train_secs, "train_tokens_per_sec": epochs * data.n_train_tokens / max(train_secs, 1e-9),
                "wall_seconds": time.perf_counter() - start, "device": str(device)}
-    samples = {p: generate(learn.model, itos, p, lang=tok.lang, seed=cfg.seed) for p in SAMPLE_PROMPTS}
+    samples = {p: generate(learn.model, backbone, encoder, p, seed=cfg.seed) for p in SAMPLE_PROMPTS}
     samples = {f"{p} (before)": prompts_before[p] for p in SAMPLE_PROMPTS} | {f"{p} (after)": s for p, s in samples.items()}
     history = recorder.history()
     write_stage(out_path(out_dir),
-                model=lm_blob(learn.model, itos, cfg, NAME, backbone.name, model_cfg.model_dump()),
+                model=lm_blob(learn.model, encoder, arch, cfg, NAME, backbone.name),
                 metrics=metrics, history=history, cache_key=cache_key,
                 extra_files={"history.png": loss_plot(recorder.batch_losses, history, "Stage 2: adaptation")},
                 card=card("Stage 2: language model adapted to the target domain",
-                          f"Stage-1 {backbone.name} fine-tuned on {ac.corpus} text ({len(train)} documents, "
-                          f"{len(valid)} held out). Test-set text used: {ac.include_test}.", metrics, samples, history))
+                          f"Stage-1 {backbone.name} fine-tuned on {ac.corpus} text ({len(data.train)} documents, "
+                          f"{len(data.valid)} held out). Test-set text used: {ac.include_test}.", metrics, samples, history))
     log.info("adapt: held-out perplexity %.1f -> %.1f", before["perplexity"], after["perplexity"])
     return StageResult(NAME, str(out_path(out_dir)), metrics)

@@ -1,9 +1,10 @@
 """Stage 3: fine-tune a classifier on the adapted encoder (ULMFiT).
 
-Concat pooling head, gradual unfreezing (last group, last two, ..., all), discriminative
-LRs (/2.6 per group), one-cycle or STLR within each phase. Long documents are read whole
-with BPT3C: the encoder runs over the review in `bptt`-token chunks carrying its state;
-the last `max_len` outputs feed the pooling.
+Pooling head (concat pooling for the LSTM), gradual unfreezing (last group, last two, ..., all),
+discriminative LRs (/2.6 per group), one-cycle or STLR within each phase. Long documents are read
+whole: the LSTM with BPT3C (it runs over the review in `bptt`-token chunks carrying its state and
+the last `max_len` outputs feed the pooling); a transformer encodes each `bptt`-token chunk and
+pools over all of them. `max_tokens` cuts reviews first (head, or head+tail) when set.
 """
 from __future__ import annotations
 
@@ -21,42 +22,51 @@ from fastai.text.data import SortedDL, pad_input_chunk
 
 from pipeline.artifacts import load_model_file, write_stage
 from pipeline.backbones import get_backbone
-from pipeline.config import ClassifyConfig, ModelConfig, RunConfig
+from pipeline.config import ClassifyConfig, RunConfig
 from pipeline.data import resolve_data_dir
 from pipeline.errors import ArtifactError
 from pipeline.stages.classify_data import LabeledSplits, load_splits
-from pipeline.stages.common import StageResult, card, loss_plot, out_path, state_to_cpu
-from pipeline.tokens import PAD, default_cache_dir, numericalize, tokenize_cached
+from pipeline.stages.common import StageResult, blob_arch, card, loss_plot, out_path, state_to_cpu
+from pipeline.text import encoder_from_state
 from pipeline.training import EpochLog, count_params, discriminative, fit, make_learner, pick_device, seed_everything
 
 log = logging.getLogger("ulmfit")
 NAME = "classify"
 
 
-def encode(frame: pd.DataFrame, itos: list[str], classes: list[str], cfg: RunConfig, name: str) -> list[tuple]:
-    """(token ids, class index) pairs; reviews cut to their first max_tokens tokens when configured."""
-    corpus = tokenize_cached(frame["text"].tolist(), default_cache_dir(cfg.cache_dir), cfg.tokenizer.lang,
-                             cfg.tokenizer.n_workers, name)
-    ids, offsets = numericalize(corpus, itos)
-    cut = cfg.classify.max_tokens or np.iinfo(np.int64).max
+def truncate(ids: np.ndarray, cc: ClassifyConfig) -> np.ndarray:
+    """Cut a review to max_tokens: its head, or its head and tail (Sun et al. 2019: 1/4 head, 3/4 tail)."""
+    n = cc.max_tokens
+    if n is None or len(ids) <= n:
+        return ids
+    if cc.truncation == "head":
+        return ids[:n]
+    head = n // 4
+    return np.concatenate([ids[:head], ids[len(ids) - (n - head):]])
+
+
+def encode(frame: pd.DataFrame, encoder, classes: list[str], cc: ClassifyConfig, name: str) -> list[tuple]:
+    """(token ids, class index) pairs, each review cut by `truncate`."""
     label_ix = {c: i for i, c in enumerate(classes)}
-    return [(torch.from_numpy(ids[offsets[i]:min(offsets[i + 1], offsets[i] + cut)].astype(np.int64)),
-             torch.tensor(label_ix[label])) for i, label in enumerate(frame["label"])]
+    docs = encoder.encode(frame["text"].tolist(), name)
+    return [(torch.from_numpy(truncate(ids, cc)), torch.tensor(label_ix[label]))
+            for ids, label in zip(docs, frame["label"])]
 
 
-def loader(items: list[tuple], cc: ClassifyConfig, shuffle: bool, device) -> SortedDL:
-    # Batches of similar lengths, padded at the front in multiples of bptt (what BPT3C expects).
+def loader(items: list[tuple], cc: ClassifyConfig, shuffle: bool, device, pad_id: int) -> SortedDL:
+    # Batches of similar lengths, padded at the front in whole chunks of bptt (what BPT3C expects).
     # num_workers=0: fastai defaults to forked workers, which die inside Prefect's task threads.
     return SortedDL(items, res=[len(x) for x, _ in items], bs=cc.bs, shuffle=shuffle, device=device, num_workers=0,
-                    before_batch=partial(pad_input_chunk, pad_idx=PAD, seq_len=cc.bptt))
+                    before_batch=partial(pad_input_chunk, pad_idx=pad_id, seq_len=cc.bptt))
 
 
-def build_model(blob: dict, n_class: int, cc: ClassifyConfig, load_encoder: bool = True):
+def build_model(blob: dict, n_class: int, cc: ClassifyConfig, specials, load_encoder: bool = True):
     backbone = get_backbone(blob["backbone"])
-    model = backbone.build_classifier(len(blob["vocab"]), n_class, ModelConfig(**blob["model_config"]), cc)
+    model = backbone.build_classifier(blob_arch(blob), n_class, cc, specials)
     if load_encoder:
-        missing, unexpected = model.load_state_dict(backbone.lm_to_classifier(blob["state_dict"]), strict=False)
-        encoder_missing = [k for k in missing if k in backbone.lm_to_classifier(dict.fromkeys(blob["state_dict"]))]
+        wanted = backbone.lm_to_classifier(blob["state_dict"])
+        missing, unexpected = model.load_state_dict(wanted, strict=False)
+        encoder_missing = [k for k in missing if k in wanted]
         if unexpected or encoder_missing:
             raise ArtifactError(f"LM weights do not fit the classifier: unexpected {unexpected}, missing {encoder_missing}")
     return backbone, model
@@ -96,30 +106,33 @@ def run(cfg: RunConfig, adapted_dir: str | Path, out_dir: str | Path, cache_key:
     seed_everything(cfg.seed)
     blob = load_model_file(adapted_dir, expect_kind="lm")
     splits = load_splits(cc, resolve_data_dir(cfg.data_dir), cfg.seed)
-    itos, classes = blob["vocab"], splits.classes
-    train, valid, test = (encode(getattr(splits, s), itos, classes, cfg, f"{cc.corpus}/{s}-sample")
+    encoder = encoder_from_state(blob["tokenizer"], blob["vocab"], cfg.cache_dir, cfg.tokenizer.n_workers)
+    classes, pad = splits.classes, encoder.specials.pad
+    train, valid, test = (encode(getattr(splits, s), encoder, classes, cc, f"{cc.corpus}/{s}-sample")
                           for s in ("train", "valid", "test"))
     device = pick_device(cfg.device)
-    backbone, model = build_model(blob, len(classes), cc)
-    dls = DataLoaders(loader(train, cc, True, device), loader(valid, cc, False, device), device=device)
-    learn = make_learner(dls, model, backbone.classifier_splitter, backbone.callbacks(), [accuracy], cc.wd, device)
+    backbone, model = build_model(blob, len(classes), cc, encoder.specials)
+    dls = DataLoaders(loader(train, cc, True, device, pad), loader(valid, cc, False, device, pad), device=device)
+    learn = make_learner(dls, model, backbone.classifier_splitter, backbone.classifier_callbacks(), [accuracy],
+                         cc.wd, device)
     learn.create_opt()
     log.info("classify: %d train / %d valid / %d test examples, %d params, %d layer groups", len(train),
              len(valid), len(test), count_params(model), len(learn.opt.param_lists))
     recorder, train_start = EpochLog(NAME), time.perf_counter()
     gradual_unfreezing(learn, cc, recorder)
     train_secs = time.perf_counter() - train_start
-    scores = evaluate(learn, loader(test, cc, False, device), classes)
+    scores = evaluate(learn, loader(test, cc, False, device, pad), classes)
 
     metrics = {"test_accuracy": scores["accuracy"], "test_error": 1 - scores["accuracy"], "test_size": len(test),
                "test_source": splits.test_source, "confusion_matrix": scores["confusion"], "classes": classes,
                "n_labels": len(train), "n_valid": len(valid), "epochs": int(sum(cc.epochs_per_phase)),
-               "params": count_params(model), "train_seconds": train_secs,
+               "params": count_params(model), "backbone": backbone.name, "train_seconds": train_secs,
                "wall_seconds": time.perf_counter() - start, "device": str(device)}
     history = recorder.history()
-    blob_out = {"kind": "classifier", "stage": NAME, "backbone": backbone.name, "model_config": blob["model_config"],
-                "classify_config": cc.model_dump(), "state_dict": state_to_cpu(learn.model), "vocab": list(itos),
-                "classes": classes, "tokenizer": blob["tokenizer"]}
+    blob_out = {"kind": "classifier", "stage": NAME, "backbone": backbone.name, "arch": blob["arch"],
+                "model_config": blob["model_config"], "classify_config": cc.model_dump(),
+                "state_dict": state_to_cpu(learn.model), "vocab": list(encoder.itos), "classes": classes,
+                "tokenizer": blob["tokenizer"]}
     shown = {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "classes")}
     write_stage(out_path(out_dir), model=blob_out, metrics=metrics, history=history, cache_key=cache_key,
                 extra_files={"history.png": loss_plot(recorder.batch_losses, history, "Stage 3: classifier")},

@@ -31,12 +31,16 @@ def state_to_cpu(model) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def lm_blob(model, itos: list[str], cfg: RunConfig, stage: str, backbone: str, model_cfg: dict) -> dict:
-    """Everything needed to rebuild the LM: weights, vocab, architecture, the stage's config."""
-    return {"kind": "lm", "stage": stage, "backbone": backbone, "model_config": model_cfg,
-            "state_dict": state_to_cpu(model), "vocab": list(itos),
-            "tokenizer": cfg.tokenizer.model_dump(exclude={"n_workers"}),
+def lm_blob(model, encoder, arch: dict, cfg: RunConfig, stage: str, backbone: str) -> dict:
+    """Everything needed to rebuild the LM: weights, vocab, tokenizer, architecture, the stage's config."""
+    return {"kind": "lm", "stage": stage, "backbone": backbone, "arch": json.dumps(arch, default=str),
+            "model_config": json.dumps(cfg.model.used()), "state_dict": state_to_cpu(model),
+            "vocab": list(encoder.itos), "tokenizer": encoder.state(),
             "config_json": json.dumps(stage_config(cfg, stage))}
+
+
+def blob_arch(blob: dict) -> dict:
+    return json.loads(blob["arch"])
 
 
 def markdown_table(rows: dict) -> str:

@@ -6,13 +6,13 @@ import time
 from pathlib import Path
 
 from pipeline.artifacts import write_stage
-from pipeline.backbones import get_backbone
+from pipeline.backbones import Backbone, get_backbone
 from pipeline.config import RunConfig
 from pipeline.data import load_corpus, resolve_data_dir
-from pipeline.errors import DataError
-from pipeline.lm import SAMPLE_PROMPTS, LMData, evaluate, generate, lm_learner, to_docs
+from pipeline.errors import ConfigError, DataError
+from pipeline.lm import SAMPLE_PROMPTS, evaluate, generate, lm_data, lm_learner
 from pipeline.stages.common import StageResult, card, loss_plot, lm_blob, out_path, sample_rows
-from pipeline.tokens import build_vocab, default_cache_dir, tokenize_cached
+from pipeline.text import encoder_from_checkpoint, fit_encoder
 from pipeline.training import EpochLog, count_params, fit, pick_device, seed_everything
 
 log = logging.getLogger("ulmfit")
@@ -35,21 +35,33 @@ def corpus_texts(cfg: RunConfig) -> tuple[list[str], list[str]]:
             [valid[i] for i in sample_rows(len(valid), pc.max_valid_docs, cfg.seed)])
 
 
+def initial_model(cfg: RunConfig, backbone: Backbone, train_texts: list[str]):
+    """(encoder, arch, model): a random model on a tokenizer trained here, or a local checkpoint (init_from)."""
+    pc = cfg.pretrain
+    if pc.init_from is None:
+        encoder = fit_encoder(cfg.tokenizer, train_texts, pc.min_freq, pc.max_vocab, cfg.cache_dir, f"{pc.corpus}/train")
+        arch = backbone.make_arch(len(encoder.itos), cfg.model, encoder.specials)
+        return encoder, arch, backbone.build_lm(arch)
+    if backbone.load_checkpoint is None:
+        raise ConfigError(f"pretrain.init_from: the {backbone.name} backbone cannot load Hugging Face checkpoints")
+    encoder = encoder_from_checkpoint(pc.init_from)
+    model, arch = backbone.load_checkpoint(pc.init_from)
+    if len(encoder.itos) > arch["vocab_size"]:
+        raise ConfigError(f"init_from {pc.init_from}: tokenizer has {len(encoder.itos)} tokens but the model "
+                          f"only {arch['vocab_size']} embeddings")
+    return encoder, arch, model
+
+
 def run(cfg: RunConfig, out_dir: str | Path, cache_key: str = "") -> StageResult:
     pc, start = cfg.pretrain, time.perf_counter()
     seed_everything(cfg.seed)
-    cache, tok = default_cache_dir(cfg.cache_dir), cfg.tokenizer
     train_texts, valid_texts = corpus_texts(cfg)
-    train = tokenize_cached(train_texts, cache, tok.lang, tok.n_workers, f"{pc.corpus}/train")
-    valid = tokenize_cached(valid_texts, cache, tok.lang, tok.n_workers, f"{pc.corpus}/valid")
-    itos = build_vocab(train, pc.min_freq, pc.max_vocab)
-    data = LMData(to_docs(train, itos), to_docs(valid, itos))
-
     backbone, device = get_backbone(cfg.model.backbone), pick_device(cfg.device)
-    model = backbone.build_lm(len(itos), cfg.model)
-    learn = lm_learner(backbone, model, data, pc.bs, pc.bptt, pc.wd, device)
+    encoder, arch, model = initial_model(cfg, backbone, train_texts)
+    data = lm_data(encoder, train_texts, valid_texts, pc.corpus)
+    learn = lm_learner(backbone, model, arch, data, pc.bs, pc.bptt, pc.wd, device, encoder.specials, cfg.seed)
     log.info("pretrain: %s, %d params, vocab %d, %d train / %d valid tokens, device %s", backbone.name,
-             count_params(model), len(itos), data.n_train_tokens, data.n_valid_tokens, device)
+             count_params(model), len(encoder.itos), data.n_train_tokens, data.n_valid_tokens, device)
     recorder, train_start = EpochLog(NAME), time.perf_counter()
     fit(learn, pc.epochs, pc.lr, pc.schedule, NAME, recorder)
     train_secs = time.perf_counter() - train_start
@@ -58,18 +70,21 @@ def run(cfg: RunConfig, out_dir: str | Path, cache_key: str = "") -> StageResult
     metrics = {"valid_perplexity": scores["perplexity"], "valid_accuracy": scores["accuracy"],
                "valid_loss": scores["loss"], "corpus": pc.corpus, "epochs": pc.epochs,
                "train_tokens": data.n_train_tokens, "valid_tokens": data.n_valid_tokens,
-               "train_docs": len(train), "vocab_size": len(itos), "params": count_params(model),
+               "train_docs": len(data.train), "vocab_size": len(encoder.itos), "params": count_params(model),
+               "backbone": backbone.name, "objective": backbone.objective, "tokenizer": encoder.state()["kind"],
+               "init_from": pc.init_from,
                "train_seconds": train_secs,
                "train_tokens_per_sec": pc.epochs * data.n_train_tokens / max(train_secs, 1e-9),
                "wall_seconds": time.perf_counter() - start, "device": str(device)}
-    samples = {p: generate(learn.model, itos, p, lang=tok.lang, seed=cfg.seed) for p in SAMPLE_PROMPTS}
+    samples = {p: generate(learn.model, backbone, encoder, p, seed=cfg.seed) for p in SAMPLE_PROMPTS}
     history = recorder.history()
     write_stage(out_path(out_dir),
-                model=lm_blob(learn.model, itos, cfg, NAME, backbone.name, cfg.model.model_dump()),
+                model=lm_blob(learn.model, encoder, arch, cfg, NAME, backbone.name),
                 metrics=metrics, history=history, cache_key=cache_key,
                 extra_files={"history.png": loss_plot(recorder.batch_losses, history, "Stage 1: pretraining")},
                 card=card("Stage 1: pretrained language model",
-                          f"{backbone.name} trained from scratch on {pc.corpus} ({len(train)} documents).",
+                          f"{backbone.name} ({backbone.objective} LM) trained on {pc.corpus} ({len(data.train)} "
+                          f"documents), {'starting from ' + pc.init_from if pc.init_from else 'from scratch'}.",
                           metrics, samples, history))
     log.info("pretrain: valid perplexity %.1f, accuracy %.3f", scores["perplexity"], scores["accuracy"])
     return StageResult(NAME, str(out_path(out_dir)), metrics)
