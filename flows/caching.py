@@ -17,8 +17,8 @@ from pipeline.config import RunConfig, stage_config
 from pipeline.data import resolve_data_dir
 
 PIPELINE_DIR = Path(pipeline.__file__).parent
-SHARED_CODE = ["config.py", "tokens.py", "artifacts.py", "backbones.py", "training.py", "data.py",
-               "download.py", "stages/common.py"]
+SHARED_CODE = ["config.py", "tokens.py", "text.py", "artifacts.py", "backbones.py", "hf_backbones.py",
+               "masking.py", "training.py", "data.py", "download.py", "stages/common.py"]
 STAGE_CODE = {
     "pretrain": ["lm.py", "stages/pretrain.py"],
     "adapt": ["lm.py", "transfer.py", "stages/adapt.py"],
@@ -40,9 +40,18 @@ def stage_key(stage: str, cfg: RunConfig, upstream_dir: str | None) -> str:
         "data_dir": str(resolve_data_dir(cfg.data_dir)),
         "code": code_version(stage),
         "upstream": fingerprint(Path(upstream_dir)) if upstream_dir else None,
+        "init_from": _folder_stamp(cfg.pretrain.init_from) if stage == "pretrain" else None,
     }
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return f"{stage}-{hashlib.sha256(blob).hexdigest()[:32]}"
+
+
+def _folder_stamp(folder: str | None) -> list | None:
+    """Names, sizes and mtimes of a local checkpoint folder: replacing the checkpoint changes the key."""
+    if folder is None or not Path(folder).expanduser().is_dir():
+        return None
+    return sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in Path(folder).expanduser().iterdir()
+                  if p.is_file())
 
 
 def cache_key_fn(context, parameters: dict) -> str:

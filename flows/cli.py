@@ -29,6 +29,15 @@ def _parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="classify texts with a finished run")
     predict.add_argument("--run", required=True, help="run directory (or its classify/ folder)")
     predict.add_argument("texts", nargs="+", help="texts to classify")
+    compare = sub.add_parser("compare", help="backbones x {full, no_pretrain, no_adapt}: a cached grid of runs, "
+                             "written as a table (CSV, markdown) and a plot")
+    compare.add_argument("--preset", default="cpu", help="preset of every cell (default: cpu)")
+    compare.add_argument("--backbones", default="awd_lstm,gpt,bert", help="comma-separated (default: all three)")
+    compare.add_argument("--variants", default="full,no_pretrain,no_adapt", help="comma-separated ablations")
+    compare.add_argument("--n-labels", help="comma-separated label budgets, e.g. 100,1000 (default: the preset's)")
+    compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                         help="override applied to every cell (repeatable)")
+    compare.add_argument("--out", help="output directory (default: runs/compare-PRESET)")
     sub.add_parser("stages", help="list the stages, backbones and presets")
     return parser
 
@@ -47,6 +56,24 @@ def _cmd_run(args) -> int:
         info = summary[stage]
         key, label = HEADLINES[stage]
         print(f"  {stage:9s} {info['state']:10s} {info['seconds']:8.1f}s  {label}: {info['metrics'][key]:.4f}  -> {info['path']}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from pipeline.compare import grid
+
+    split = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
+    n_labels = [int(n) for n in split(args.n_labels)] if args.n_labels else None
+    out = args.out or f"runs/compare-{args.preset}"
+    grid(args.preset, split(args.backbones), split(args.variants), n_labels, args.overrides, out)  # validate first
+    from flows.compare_flow import compare_flow
+
+    start = time.perf_counter()
+    result = compare_flow(preset=args.preset, backbones=split(args.backbones), variants=split(args.variants),
+                          n_labels=n_labels, overrides=args.overrides, out_dir=out)
+    print(f"\nulmfit compare finished in {time.perf_counter() - start:.1f}s; report: {result['report']}")
+    for name, states in result["states"].items():
+        print(f"  {name:28s} " + " ".join(f"{stage}={state}" for stage, state in states.items()))
     return 0
 
 
@@ -74,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for chatty in ("httpx", "httpcore"):  # one line per Prefect API call otherwise
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    commands = {"run": _cmd_run, "predict": _cmd_predict, "stages": _cmd_stages}
+    commands = {"run": _cmd_run, "compare": _cmd_compare, "predict": _cmd_predict, "stages": _cmd_stages}
     try:
         return commands[args.command](args)
     except UlmfitError as err:

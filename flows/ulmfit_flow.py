@@ -55,11 +55,12 @@ def ulmfit_flow(preset: str = "cpu", overrides: Optional[list[str]] = None, reru
     return run_stages(cfg, out_dir or f"runs/{preset}", rerun)
 
 
-def run_stages(cfg: RunConfig, out_dir: str, rerun: Optional[str] = None) -> dict:
+def run_stages(cfg: RunConfig, out_dir: str, rerun: Optional[str] = None, stage_dirs: Optional[dict] = None) -> dict:
+    """Run the stages in order; `stage_dirs` (stage -> folder) lets runs share stage folders (compare)."""
     run_dir = Path(out_dir).expanduser().resolve()
     cfg_json, upstream, summary = cfg.model_dump_json(), None, {}
     for stage in STAGES:
-        target = str(run_dir / stage)
+        target = str(Path(stage_dirs[stage]).resolve()) if stage_dirs else str(run_dir / stage)
         key = stage_key(stage, cfg, upstream)
         refresh = _forced(stage, rerun) or needs_refresh(target, key)
         stage_task = TASKS[stage].with_options(refresh_cache=refresh)

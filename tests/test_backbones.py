@@ -170,3 +170,32 @@ def test_init_from_rejects_folders_that_are_not_checkpoints(tmp_path):
 def test_every_backbone_is_registered():
     assert {"awd_lstm", "gpt", "bert"} <= set(REGISTRY)
     assert {b.objective for b in REGISTRY.values()} == {"causal", "masked"}
+
+
+@pytest.mark.parametrize("name", ["gpt", "bert"])
+def test_init_from_seeds_or_skips_stage_one(tmp_path, name, data_dir):
+    """A user's local checkpoint replaces the random start; with epochs=0 stage 1 only evaluates it."""
+    from pipeline.artifacts import load_model_file
+    from pipeline.stages import adapt, pretrain
+
+    ckpt = tmp_path / "ckpt"
+    model, encoder = _tiny_checkpoint(ckpt, name)
+    cfg = load_config("smoke", [f"model.backbone={name}", f"pretrain.init_from={ckpt}", "pretrain.epochs=0",
+                                "adapt.max_docs=40", "adapt.frozen_epochs=0"])
+    result = pretrain.run(cfg, tmp_path / "pretrain")
+    blob = load_model_file(result.path, expect_kind="lm")
+    assert blob["vocab"] == encoder.itos and blob["tokenizer"]["kind"] == "pretrained"
+    for key, value in model.state_dict().items():
+        assert torch.equal(blob["state_dict"][key], value), key  # untouched: stage 1 was skipped
+    assert result.metrics["init_from"] == str(ckpt)
+    adapted = adapt.run(cfg, result.path, tmp_path / "adapt")
+    assert adapted.metrics["vocab_size"] == len(encoder.itos)  # the checkpoint's tokenizer is kept
+
+
+def test_init_from_is_refused_for_the_lstm(tmp_path, data_dir):
+    from pipeline.errors import ConfigError
+    from pipeline.stages import pretrain
+
+    cfg = load_config("smoke", [f"pretrain.init_from={tmp_path}"])
+    with pytest.raises(ConfigError, match="awd_lstm"):
+        pretrain.run(cfg, tmp_path / "pretrain")

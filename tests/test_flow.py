@@ -110,3 +110,24 @@ def test_stages_command():
     assert proc.returncode == 0
     for word in ("pretrain", "adapt", "classify", "awd_lstm", "smoke"):
         assert word in proc.stdout
+
+
+@pytest.mark.parametrize("backbone, tokenizer", [("gpt", "spacy"), ("bert", "wordpiece"), ("gpt", "bpe")])
+def test_transformer_backbones_through_the_smoke_flow(backbone, tokenizer, tmp_path, data_dir):
+    """The same three stages, caching and artifacts with the backbone (and tokenizer) as one setting."""
+    run_dir = tmp_path / "run"
+    sets = ["--set", f"model.backbone={backbone}", "--set", f"tokenizer.kind={tokenizer}"]
+    proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir), *sets)
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert proc.states == {"pretrain": "Completed", "adapt": "Completed", "classify": "Completed"}
+    pre, ada, cla = (read_metrics(run_dir / s) for s in ("pretrain", "adapt", "classify"))
+    assert pre["backbone"] == ada["backbone"] == cla["backbone"] == backbone and pre["tokenizer"] == tokenizer
+    assert 1 < pre["valid_perplexity"] < 5 * pre["vocab_size"]
+    assert ada["held_out_perplexity_after"] < ada["held_out_perplexity_before"]
+    assert 0 <= cla["test_accuracy"] <= 1 and cla["test_size"] == 60
+    if tokenizer != "spacy":  # a subword vocabulary is trained once and reused by stages 2-3
+        assert pre["vocab_size"] == ada["vocab_size"] == ada["vocab_known_from_pretrain"]
+    predicted = ulmfit("predict", "--run", str(run_dir), "What a great film!")
+    assert predicted.returncode == 0 and json.loads(predicted.stdout)["label"] in ("neg", "pos")
+    again = ulmfit("run", "--preset", "smoke", "--out", str(run_dir), *sets, "--set", "classify.lrs=[0.01,0.005]")
+    assert again.states == {"pretrain": "Cached", "adapt": "Cached", "classify": "Completed"}
