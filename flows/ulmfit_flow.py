@@ -10,6 +10,7 @@ from prefect import flow, task
 
 from flows.caching import cache_key_fn, needs_refresh, stage_key
 from pipeline.config import STAGES, RunConfig, load_config, validate_config
+from pipeline.locking import run_dir_lock
 from pipeline.stages import adapt, classify, pretrain
 
 StageName = Literal["pretrain", "adapt", "classify"]
@@ -56,7 +57,13 @@ def ulmfit_flow(preset: str = "cpu", overrides: Optional[list[str]] = None, reru
 
 
 def run_stages(cfg: RunConfig, out_dir: str, rerun: Optional[str] = None) -> dict:
+    """Run the stages under the run directory's lock: a second run on the same folder fails fast."""
     run_dir = Path(out_dir).expanduser().resolve()
+    with run_dir_lock(run_dir):
+        return _run_locked(cfg, run_dir, rerun)
+
+
+def _run_locked(cfg: RunConfig, run_dir: Path, rerun: Optional[str]) -> dict:
     cfg_json, upstream, summary = cfg.model_dump_json(), None, {}
     for stage in STAGES:
         target = str(run_dir / stage)
