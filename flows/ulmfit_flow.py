@@ -9,6 +9,7 @@ from typing import Literal, Optional
 from prefect import flow, task
 
 from flows.caching import cache_key_fn, needs_refresh, stage_key
+from pipeline.checkpoint import resumable
 from pipeline.config import STAGES, RunConfig, load_config, validate_config
 from pipeline.locking import run_dir_lock
 from pipeline.stages import adapt, classify, pretrain
@@ -27,17 +28,20 @@ def _task_options(name: str):
 
 @task(**_task_options("pretrain"))
 def pretrain_task(cfg_json: str, out_dir: str, cache_key: str) -> dict:
-    return _result(pretrain.run(validate_config(json.loads(cfg_json)), out_dir, cache_key))
+    with resumable(out_dir, cache_key):  # per-epoch checkpoints in <out_dir>.partial/
+        return _result(pretrain.run(validate_config(json.loads(cfg_json)), out_dir, cache_key))
 
 
 @task(**_task_options("adapt"))
 def adapt_task(cfg_json: str, upstream: str, out_dir: str, cache_key: str) -> dict:
-    return _result(adapt.run(validate_config(json.loads(cfg_json)), upstream, out_dir, cache_key))
+    with resumable(out_dir, cache_key):
+        return _result(adapt.run(validate_config(json.loads(cfg_json)), upstream, out_dir, cache_key))
 
 
 @task(**_task_options("classify"))
 def classify_task(cfg_json: str, upstream: str, out_dir: str, cache_key: str) -> dict:
-    return _result(classify.run(validate_config(json.loads(cfg_json)), upstream, out_dir, cache_key))
+    with resumable(out_dir, cache_key):
+        return _result(classify.run(validate_config(json.loads(cfg_json)), upstream, out_dir, cache_key))
 
 
 TASKS = {"pretrain": pretrain_task, "adapt": adapt_task, "classify": classify_task}

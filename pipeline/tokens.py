@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.artifacts import atomic_dir
+from pipeline.errors import ArtifactError
 
 log = logging.getLogger("ulmfit")
 TOKENIZER_VERSION = "spacy-fastai-rules-1"
@@ -143,8 +144,13 @@ def tokenize_cached(texts: list[str], cache_dir: Path, lang: str = "en", n_worke
     log.info("tokenizing %s: %d documents with %d process(es)", name, len(texts),
              _process_count(len(texts), n_workers))
     corpus = _to_arrays(_tokenize_parallel(texts, lang, n_workers))
-    with atomic_dir(folder) as tmp:
-        _save(corpus, tmp)
+    try:
+        with atomic_dir(folder) as tmp:
+            _save(corpus, tmp)
+    except ArtifactError:
+        if not (folder / "types.json").exists():
+            raise
+        # another run (a different run directory) cached the same texts at the same moment
     secs = time.perf_counter() - start
     log.info("tokenized %s: %d tokens in %.1fs (%.0f tokens/s)", name, corpus.n_tokens, secs,
              corpus.n_tokens / max(secs, 1e-9))
