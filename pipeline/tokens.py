@@ -41,7 +41,7 @@ TOKENIZER_VERSION = "spacy-fastai-rules-1"
 SPECIAL_TOKENS = ["xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj"]
 UNK, PAD, BOS = 0, 1, 2
 PARALLEL_MIN_DOCS = 400  # below this, process start-up costs more than it saves
-CHUNK_CHARS = 1_000_000  # text per tokenization chunk: bounds what is in flight, not the corpus size
+CHUNK_CHARS = 250_000  # text per tokenization chunk: bounds what is in flight, not the corpus size
 REWRITE_BLOCK = 1 << 22  # token ids per block when rewriting the id file in frequency order
 
 
