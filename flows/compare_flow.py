@@ -7,6 +7,7 @@ are written to `<out>/report/` and published as Prefect artifacts.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Literal, Optional
 
 from prefect import flow
@@ -24,7 +25,8 @@ def cell_flow(name: str, cell_json: str, stage_dirs: dict) -> dict:
     from pipeline.config import validate_config
 
     cfg = validate_config(json.loads(cell_json))
-    return run_stages(cfg, stage_dirs["classify"], stage_dirs=stage_dirs)
+    root = Path(stage_dirs["classify"]).parent.parent  # <out>/<backbone>/classify-...: cells lock <out> in turn
+    return run_stages(cfg, str(root), stage_dirs=stage_dirs)
 
 
 def run_cell(cell: Cell) -> dict:

@@ -9,7 +9,9 @@ from typing import Literal, Optional
 from prefect import flow, task
 
 from flows.caching import cache_key_fn, needs_refresh, stage_key
+from pipeline.checkpoint import resumable
 from pipeline.config import STAGES, RunConfig, load_config, validate_config
+from pipeline.locking import run_dir_lock
 from pipeline.stages import adapt, classify, pretrain
 
 StageName = Literal["pretrain", "adapt", "classify"]
@@ -26,17 +28,20 @@ def _task_options(name: str):
 
 @task(**_task_options("pretrain"))
 def pretrain_task(cfg_json: str, out_dir: str, cache_key: str) -> dict:
-    return _result(pretrain.run(validate_config(json.loads(cfg_json)), out_dir, cache_key))
+    with resumable(out_dir, cache_key):  # per-epoch checkpoints in <out_dir>.partial/
+        return _result(pretrain.run(validate_config(json.loads(cfg_json)), out_dir, cache_key))
 
 
 @task(**_task_options("adapt"))
 def adapt_task(cfg_json: str, upstream: str, out_dir: str, cache_key: str) -> dict:
-    return _result(adapt.run(validate_config(json.loads(cfg_json)), upstream, out_dir, cache_key))
+    with resumable(out_dir, cache_key):
+        return _result(adapt.run(validate_config(json.loads(cfg_json)), upstream, out_dir, cache_key))
 
 
 @task(**_task_options("classify"))
 def classify_task(cfg_json: str, upstream: str, out_dir: str, cache_key: str) -> dict:
-    return _result(classify.run(validate_config(json.loads(cfg_json)), upstream, out_dir, cache_key))
+    with resumable(out_dir, cache_key):
+        return _result(classify.run(validate_config(json.loads(cfg_json)), upstream, out_dir, cache_key))
 
 
 TASKS = {"pretrain": pretrain_task, "adapt": adapt_task, "classify": classify_task}
@@ -56,8 +61,14 @@ def ulmfit_flow(preset: str = "cpu", overrides: Optional[list[str]] = None, reru
 
 
 def run_stages(cfg: RunConfig, out_dir: str, rerun: Optional[str] = None, stage_dirs: Optional[dict] = None) -> dict:
-    """Run the stages in order; `stage_dirs` (stage -> folder) lets runs share stage folders (compare)."""
+    """Run the stages under the run directory's lock: a second run on the same folder fails fast.
+    `stage_dirs` (stage -> folder) lets runs share stage folders (compare); `out_dir` is then what is locked."""
     run_dir = Path(out_dir).expanduser().resolve()
+    with run_dir_lock(run_dir):
+        return _run_locked(cfg, run_dir, rerun, stage_dirs)
+
+
+def _run_locked(cfg: RunConfig, run_dir: Path, rerun: Optional[str], stage_dirs: Optional[dict]) -> dict:
     cfg_json, upstream, summary = cfg.model_dump_json(), None, {}
     for stage in STAGES:
         target = str(Path(stage_dirs[stage]).resolve()) if stage_dirs else str(run_dir / stage)

@@ -32,11 +32,16 @@ MODEL_FILE = "model.pt"
 
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temp folder beside `target`; on success it replaces `target` in one rename."""
+    """Yield a temp folder beside `target`; on success it replaces `target` in one rename.
+
+    A failed write (disk full, permissions) raises one ArtifactError and leaves no trace:
+    the temp folder is removed and `target` keeps its previous content.
+    """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         yield tmp
         old = None
         if target.exists():
@@ -45,8 +50,11 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         tmp.rename(target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ArtifactError(f"{target}: cannot write ({reason}); nothing was written there") from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -56,6 +64,38 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# (path, inode, size, mtime_ns) -> sha256: a file unchanged since it was last hashed in this
+# process is not read again, so the flow's cache check and the next stage's load hash once.
+_HASHED: dict[tuple, str] = {}
+
+
+def _cached_sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = sha256_file(path)
+    return _HASHED[key]
+
+
+def verify_folder(folder: Path, names: list[str] | None = None) -> dict:
+    """Check files against the manifest's sha256s; return the manifest or raise one ArtifactError."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{folder / MANIFEST}: malformed manifest (no file list)")
+    for name in names if names is not None else sorted(files):
+        path = folder / name
+        if name not in files:
+            raise ArtifactError(f"{path}: not listed in {MANIFEST}; the stage folder is incomplete")
+        if not path.is_file():
+            raise ArtifactError(f"{path}: missing; the stage folder is incomplete")
+        if _cached_sha256(path) != files[name]:
+            raise ArtifactError(f"{path}: corrupted or truncated (sha256 does not match {MANIFEST}); "
+                                "rerun the stage to recompute it")
+    return manifest
 
 
 def write_stage(target: Path, *, model: dict[str, Any], metrics: dict, history: pd.DataFrame,
@@ -77,18 +117,23 @@ def read_manifest(folder: Path) -> dict:
     path = Path(folder) / MANIFEST
     if not path.exists():
         raise ArtifactError(f"{folder}: not a complete stage folder (no {MANIFEST})")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path}: corrupted manifest ({err})") from None
 
 
 def is_complete(folder: Path, cache_key: str | None = None) -> bool:
-    """True when the folder has a manifest whose files all exist (and, if given, whose key matches)."""
+    """True when the folder has a manifest whose files all exist with their recorded sha256
+    (and, if given, whose cache key matches)."""
     try:
         manifest = read_manifest(folder)
-    except (ArtifactError, json.JSONDecodeError):
+        if cache_key is not None and manifest.get("cache_key") != cache_key:
+            return False
+        verify_folder(folder)
+    except (ArtifactError, OSError, AttributeError):
         return False
-    if cache_key is not None and manifest.get("cache_key") != cache_key:
-        return False
-    return all((Path(folder) / name).is_file() for name in manifest["files"])
+    return True
 
 
 def fingerprint(folder: Path) -> str:
@@ -102,6 +147,7 @@ def load_model_file(folder: Path, expect_kind: str | None = None) -> dict[str, A
     path = Path(folder) / MODEL_FILE
     if not path.exists():
         raise ArtifactError(f"{folder}: no {MODEL_FILE}; is this a stage folder of a ulmfit run?")
+    verify_folder(folder, [MODEL_FILE])  # a flipped byte is reported here, not deep inside torch
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated / corrupted / foreign pickles

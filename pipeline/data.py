@@ -25,6 +25,10 @@ from pipeline.errors import DataError
 REGISTRY_PATH = Path(pipeline.__file__).parents[1] / "data" / "registry.toml"
 DEFAULT_DATA_DIR = "~/.cache/ulmfit-flow/data"
 USER_FORMATS = ".csv, .tsv, .parquet, .jsonl, or a folder of .txt files"
+# One document longer than this is refused: it is almost certainly a whole corpus (or a
+# binary file) in one cell, and tokenizing it would hold it and its tokens in memory at once.
+# WikiText-103's longest article is ~0.3 M characters, the longest IMDb review ~14 k.
+MAX_DOC_CHARS = 5_000_000
 
 Where = Callable[[int], str]  # row position -> "file, row 3 (0-based data row)" for messages
 Corpus = tuple[pd.DataFrame, Where, str]  # rows (text[, label]), locator, origin (file/folder)
@@ -316,6 +320,9 @@ def _validate(df: pd.DataFrame, where: Where, origin: str, allowed: list[str] | 
         raise DataError(f"{where(i)}: text contains NUL bytes (binary data?)")
     if (i := _first(text.str.strip().eq(""))) is not None:
         raise DataError(f"{where(i)}: empty or whitespace-only text")
+    if (i := _first(text.str.len().gt(MAX_DOC_CHARS))) is not None:
+        raise DataError(f"{where(i)}: one document of {len(text[i]):,} characters, over the limit of "
+                        f"{MAX_DOC_CHARS:,} (pipeline.data.MAX_DOC_CHARS); split it into documents")
     out = pd.DataFrame({"text": text.astype(str)})
     if "label" in df:
         out["label"] = _validate_labels(df["label"], where, origin, allowed)

@@ -15,3 +15,7 @@ class ConfigError(UlmfitError):
 
 class ArtifactError(UlmfitError):
     """A stage artifact is missing, incomplete or not what was expected."""
+
+
+class RunLockedError(UlmfitError):
+    """Another ulmfit process is running on the same run directory."""

@@ -8,6 +8,12 @@ tokens serve every vocabulary setting.
     types   = ["xxbos", "the", ",", ...]          counts = [n_docs, ...]
     ids     = [0 5 17 2 | 0 9 4 | 0 ...]         (int32, all documents back to back)
     offsets = [0,        4,      7, ...]           document d = ids[offsets[d]:offsets[d+1]]
+
+Tokenization streams: documents go to the worker processes in chunks of ~CHUNK_CHARS
+characters (at most two chunks per worker in flight), each chunk comes back as compact
+arrays, and its ids are appended to a file. Only the type table and document lengths grow
+in memory, so a WikiText-103-size corpus never sits in RAM as lists of strings. A loaded
+corpus keeps `ids` memory-mapped.
 """
 from __future__ import annotations
 
@@ -16,21 +22,27 @@ import json
 import logging
 import os
 import time
-from collections import Counter
+from array import array
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from pipeline.artifacts import atomic_dir
+from pipeline.errors import ArtifactError
 
 log = logging.getLogger("ulmfit")
 TOKENIZER_VERSION = "spacy-fastai-rules-1"
 SPECIAL_TOKENS = ["xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj", "xxmask"]
 UNK, PAD, BOS, MASK = 0, 1, 2, 9
 PARALLEL_MIN_DOCS = 400  # below this, process start-up costs more than it saves
+CHUNK_CHARS = 250_000  # text per tokenization chunk: bounds what is in flight, not the corpus size
+REWRITE_BLOCK = 1 << 22  # token ids per block when rewriting the id file in frequency order
 
 
 def default_cache_dir(override: str | None = None) -> Path:
@@ -61,6 +73,7 @@ class TokenizedCorpus:
 
 # --- tokenization --------------------------------------------------------------------------
 
+@lru_cache(maxsize=4)  # one tokenizer per process and language (spaCy start-up is not free)
 def _make_tokenizer(lang: str):
     from fastai.text.core import SpacyTokenizer, TokenizeWithRules, defaults
 
@@ -74,39 +87,89 @@ def tokenize_texts(texts: list[str], lang: str = "en") -> list[list[str]]:
     return [list(t) for t in tok(texts)]
 
 
-def _tokenize_chunk(args: tuple[list[str], str]) -> list[list[str]]:
-    texts, lang = args
-    return tokenize_texts(texts, lang)
-
-
 def _process_count(n_texts: int, n_workers: int) -> int:
     return n_workers if n_workers > 1 and n_texts >= PARALLEL_MIN_DOCS else 1
 
 
-def _tokenize_parallel(texts: list[str], lang: str, n_workers: int) -> list[list[str]]:
-    if _process_count(len(texts), n_workers) == 1:
-        return tokenize_texts(texts, lang)
-    n_chunks = n_workers * 8  # several chunks per worker so the progress log moves
-    size = -(-len(texts) // n_chunks)
-    chunks = [(texts[i:i + size], lang) for i in range(0, len(texts), size)]
-    out: list[list[str]] = []
+Chunk = tuple[list[str], np.ndarray, np.ndarray]  # chunk-local types, int32 ids into them, int64 doc lengths
+
+
+def _tokenize_chunk(args: tuple[list[str], str]) -> Chunk:
+    """Tokenize a chunk and return it compactly: the tokens never leave the worker as lists of str."""
+    texts, lang = args
+    index: dict[str, int] = {}
+    ids, lengths = array("i"), array("q")
+    for toks in _make_tokenizer(lang)(texts):
+        ids.extend(index.setdefault(t, len(index)) for t in toks)
+        lengths.append(len(toks))
+    return list(index), np.frombuffer(ids, dtype=np.int32), np.frombuffer(lengths, dtype=np.int64)
+
+
+def _chunks(texts: list[str], lang: str) -> Iterator[tuple[list[str], str]]:
+    """Consecutive documents, about CHUNK_CHARS characters at a time (a longer document alone)."""
+    start, size = 0, 0
+    for i, text in enumerate(texts):
+        size += len(text)
+        if size >= CHUNK_CHARS:
+            yield texts[start:i + 1], lang
+            start, size = i + 1, 0
+    if start < len(texts):
+        yield texts[start:], lang
+
+
+def _stream_chunks(texts: list[str], lang: str, n_workers: int) -> Iterator[Chunk]:
+    """Tokenized chunks in document order, at most 2 per worker in flight (bounded memory)."""
+    n_proc = _process_count(len(texts), n_workers)
+    if n_proc == 1:
+        yield from map(_tokenize_chunk, _chunks(texts, lang))
+        return
     # spawn, not fork: the caller may hold threads (Prefect) or CUDA state.
-    with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn")) as pool:
-        for done, part in enumerate(pool.map(_tokenize_chunk, chunks), 1):
-            out.extend(part)
-            if done % n_workers == 0 or done == len(chunks):
-                log.info("  tokenized %d/%d documents", len(out), len(texts))
-    return out
+    with ProcessPoolExecutor(n_proc, mp_context=get_context("spawn")) as pool:
+        pending: deque = deque()
+        for chunk in _chunks(texts, lang):
+            pending.append(pool.submit(_tokenize_chunk, chunk))
+            if len(pending) >= 2 * n_proc:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
-def _to_arrays(docs: list[list[str]]) -> TokenizedCorpus:
-    counts = Counter(t for d in docs for t in d)
-    types = [t for t, _ in counts.most_common()]
-    index = {t: i for i, t in enumerate(types)}
-    offsets = np.zeros(len(docs) + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum([len(d) for d in docs])
-    ids = np.fromiter((index[t] for d in docs for t in d), dtype=np.int32, count=int(offsets[-1]))
-    return TokenizedCorpus(types, np.array([counts[t] for t in types], dtype=np.int64), ids, offsets)
+def _tokenize_to_disk(texts: list[str], lang: str, n_workers: int, folder: Path, name: str) -> None:
+    """Tokenize chunk by chunk, appending ids to disk; then order the types by frequency and
+    rewrite the ids in one streaming pass. Only the vocabulary and per-document lengths stay in RAM."""
+    stoi: dict[str, int] = {}
+    counts = np.zeros(0, dtype=np.int64)
+    lengths: list[np.ndarray] = []
+    raw, n_docs, last_log = folder / "ids.raw", 0, time.perf_counter()
+    with open(raw, "wb") as out:
+        for types, ids, lens in _stream_chunks(texts, lang, n_workers):
+            remap = np.fromiter((stoi.setdefault(t, len(stoi)) for t in types), dtype=np.int32, count=len(types))
+            global_ids = remap[ids]
+            if len(stoi) > len(counts):
+                counts = np.concatenate([counts, np.zeros(len(stoi) - len(counts), dtype=np.int64)])
+            counts += np.bincount(global_ids, minlength=len(counts))
+            out.write(global_ids.tobytes())
+            lengths.append(lens)
+            n_docs += len(lens)
+            if time.perf_counter() - last_log > 30:
+                last_log = time.perf_counter()
+                log.info("  tokenized %d/%d documents of %s", n_docs, len(texts), name)
+    # Most frequent first; ties keep first-occurrence order (what Counter.most_common gives).
+    order = np.argsort(-counts, kind="stable")
+    rank = np.empty_like(order, dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    n_tokens = raw.stat().st_size // 4
+    with open(raw, "rb") as src, open(folder / "ids.npy", "wb") as dst:
+        np.lib.format.write_array_header_1_0(dst, {"descr": "<i4", "fortran_order": False, "shape": (n_tokens,)})
+        while block := src.read(4 * REWRITE_BLOCK):
+            dst.write(rank[np.frombuffer(block, dtype=np.int32)].astype("<i4").tobytes())
+    raw.unlink()
+    offsets = np.zeros(n_docs + 1, dtype=np.int64)
+    np.cumsum(np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64), out=offsets[1:])
+    np.save(folder / "offsets.npy", offsets)
+    np.save(folder / "counts.npy", counts[order])
+    types = list(stoi)
+    (folder / "types.json").write_text(json.dumps([types[i] for i in order], ensure_ascii=False))
 
 
 # --- on-disk cache --------------------------------------------------------------------------
@@ -119,16 +182,10 @@ def token_cache_key(texts: list[str], lang: str) -> str:
     return digest.hexdigest()[:24]
 
 
-def _save(corpus: TokenizedCorpus, folder: Path) -> None:
-    np.save(folder / "ids.npy", corpus.ids)
-    np.save(folder / "offsets.npy", corpus.offsets)
-    np.save(folder / "counts.npy", corpus.counts)
-    (folder / "types.json").write_text(json.dumps(corpus.types, ensure_ascii=False))
-
-
 def _load(folder: Path) -> TokenizedCorpus:
+    """The ids stay on disk (memory-mapped, read-only); the rest is small."""
     types = json.loads((folder / "types.json").read_text())
-    return TokenizedCorpus(types, np.load(folder / "counts.npy"), np.load(folder / "ids.npy"),
+    return TokenizedCorpus(types, np.load(folder / "counts.npy"), np.load(folder / "ids.npy", mmap_mode="r"),
                            np.load(folder / "offsets.npy"))
 
 
@@ -142,9 +199,14 @@ def tokenize_cached(texts: list[str], cache_dir: Path, lang: str = "en", n_worke
     start = time.perf_counter()
     log.info("tokenizing %s: %d documents with %d process(es)", name, len(texts),
              _process_count(len(texts), n_workers))
-    corpus = _to_arrays(_tokenize_parallel(texts, lang, n_workers))
-    with atomic_dir(folder) as tmp:
-        _save(corpus, tmp)
+    try:
+        with atomic_dir(folder) as tmp:
+            _tokenize_to_disk(texts, lang, n_workers, tmp, name)
+    except ArtifactError:
+        if not (folder / "types.json").exists():
+            raise
+        # another run (a different run directory) cached the same texts at the same moment
+    corpus = _load(folder)
     secs = time.perf_counter() - start
     log.info("tokenized %s: %d tokens in %.1fs (%.0f tokens/s)", name, corpus.n_tokens, secs,
              corpus.n_tokens / max(secs, 1e-9))

@@ -20,6 +20,8 @@ from fastai.optimizer import Adam
 from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
 
+from pipeline import checkpoint
+
 log = logging.getLogger("ulmfit")
 HEARTBEAT_SECS = 30.0
 
@@ -43,6 +45,8 @@ class EpochLog(Callback):
 
     def __init__(self, phase: str = "train"):
         self.phase, self.rows, self.batch_losses = phase, [], []
+        self.skip_to = 0  # epochs below this were done before a resume: fastai skips them
+
 
     def before_epoch(self):
         self.epoch_start = self.last_beat = time.perf_counter()
@@ -61,6 +65,8 @@ class EpochLog(Callback):
                  self.n_epoch, done, total, float(self.smooth_loss), _clock(eta))
 
     def after_epoch(self):
+        if self.epoch < self.skip_to:
+            return
         names, values = self.recorder.metric_names, self.recorder.log
         row = {"phase": self.phase, **{n: v for n, v in zip(names, values)}}
         row["epoch"] = len(self.rows)
@@ -72,6 +78,21 @@ class EpochLog(Callback):
 
     def history(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
+
+
+class EpochSeed(Callback):
+    """Reseed Python's global `random` from torch's generator as each epoch starts.
+
+    fastai's LM loader shuffles documents with the global `random`, which other threads also
+    draw from at unpredictable moments (Prefect's websocket pings). Reseeding makes every
+    epoch's order a function of the run's seed and the epochs before it, so a resumed run
+    (torch's RNG state is checkpointed) shuffles exactly as an uninterrupted one would.
+    """
+
+    order = 71  # after fastai's SkipToEpoch (70): epochs skipped on resume draw nothing
+
+    def before_epoch(self):
+        random.seed(int(torch.randint(0, 2**62, (1,))))
 
 
 def _clock(secs: float) -> str:
@@ -91,14 +112,25 @@ def make_learner(dls, model, splitter, callbacks, metrics, wd: float, device: to
 
 
 def fit(learn: Learner, epochs: int, lr, schedule: str, phase: str, recorder: EpochLog) -> None:
-    """Train for `epochs` with a one-cycle or slanted-triangular schedule; lr may be a slice."""
+    """Train for `epochs` with a one-cycle or slanted-triangular schedule; lr may be a slice.
+
+    Inside `pipeline.checkpoint.resumable` (the flow's stage tasks), each epoch is checkpointed
+    and a rerun after a crash resumes this phase from its last finished epoch.
+    """
     if epochs <= 0:
         return
     recorder.phase = phase
+    cbs, start = [recorder, EpochSeed()], 0
+    if (ckpt := checkpoint.active()) is not None:
+        start = ckpt.resume(phase, learn, recorder, epochs)
+        if start >= epochs:
+            return
+        cbs.append(ckpt.callback(phase, recorder, start))
+    recorder.skip_to = start
     if schedule == "one_cycle":
-        learn.fit_one_cycle(epochs, lr, cbs=[recorder])
+        learn.fit_one_cycle(epochs, lr, cbs=cbs, start_epoch=start)
         return
-    learn.fit(epochs, cbs=[_stlr(learn, lr), recorder])
+    learn.fit(epochs, cbs=[_stlr(learn, lr), *cbs], start_epoch=start)
 
 
 def _stlr(learn: Learner, lr, cut_frac: float = 0.1, ratio: float = 32.0) -> ParamScheduler:

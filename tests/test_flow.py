@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pipeline.artifacts import read_manifest, read_metrics
+from pipeline.artifacts import is_complete, read_manifest, read_metrics
 
 STAGE_LINE = re.compile(r"^\s+(pretrain|adapt|classify)\s+(\w+)\s", re.M)
 WORK_MARKERS = ("tokenizing ", " epoch 1/")  # what training or tokenizing prints
@@ -71,6 +71,18 @@ def test_deleted_artifact_is_recomputed_not_trusted(first_run):
     proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir))
     assert proc.returncode == 0, proc.output[-3000:]
     assert proc.states["classify"] == "Completed" and (run_dir / "classify" / "model.pt").exists()
+
+
+def test_corrupted_artifact_is_recomputed_not_loaded(first_run):
+    run_dir, _ = first_run
+    model = run_dir / "pretrain" / "model.pt"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the weights
+    model.write_bytes(bytes(data))
+    proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir))
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert proc.states["pretrain"] == "Completed"
+    assert is_complete(run_dir / "pretrain")
 
 
 def test_bad_input_fails_cleanly_and_writes_nothing(first_run, tmp_path):

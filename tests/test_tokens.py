@@ -25,7 +25,7 @@ def test_special_tokens_survive_tokenization():
 def test_cache_is_reused(tmp_path, monkeypatch):
     texts = ["A first review.", "Another one, rather longer than the first."]
     first = tokenize_cached(texts, tmp_path, n_workers=0)
-    monkeypatch.setattr(tokens, "_tokenize_parallel", lambda *a: pytest.fail("tokenized again"))
+    monkeypatch.setattr(tokens, "_stream_chunks", lambda *a: pytest.fail("tokenized again"))
     second = tokenize_cached(texts, tmp_path, n_workers=0)
     assert second.types == first.types and np.array_equal(second.ids, first.ids)
     assert len(second) == 2 and second.doc_tokens(0)[0] == "xxbos"
@@ -39,8 +39,32 @@ def test_cache_key_depends_on_text_and_settings():
 
 def test_parallel_matches_serial(tmp_path, monkeypatch):
     monkeypatch.setattr(tokens, "PARALLEL_MIN_DOCS", 2)
-    texts = [f"Review number {i} is OK!" for i in range(8)]
-    assert tokens._tokenize_parallel(texts, "en", 2) == tokenize_texts(texts)
+    monkeypatch.setattr(tokens, "CHUNK_CHARS", 40)  # several chunks, more than the 4 in flight
+    texts = [f"Review number {i} is OK! " * (i % 3 + 1) for i in range(12)]
+    parallel = tokenize_cached(texts, tmp_path / "a", n_workers=2)
+    serial = tokenize_cached(texts, tmp_path / "b", n_workers=0)
+    assert [parallel.doc_tokens(i) for i in range(12)] == [serial.doc_tokens(i) for i in range(12)] == tokenize_texts(texts)
+    assert parallel.types == serial.types and np.array_equal(parallel.ids, serial.ids)
+
+
+def test_streamed_arrays_match_the_in_memory_definition(tmp_path, monkeypatch):
+    """The on-disk format is unchanged: types by count (ties: first occurrence), ids, offsets, counts."""
+    from collections import Counter
+
+    monkeypatch.setattr(tokens, "CHUNK_CHARS", 30)
+    monkeypatch.setattr(tokens, "REWRITE_BLOCK", 7)
+    texts = ["The cat sat on the mat.", "A dog! A dog? The end.", "Cats and dogs, dogs and cats."] * 3
+    docs = tokenize_texts(texts)
+    counts = Counter(t for d in docs for t in d)
+    types = [t for t, _ in counts.most_common()]
+    corpus = tokenize_cached(texts, tmp_path, n_workers=0)
+    assert corpus.types == types
+    assert corpus.counts.tolist() == [counts[t] for t in types]
+    assert corpus.ids.tolist() == [types.index(t) for d in docs for t in d]
+    assert corpus.offsets.tolist() == np.cumsum([0] + [len(d) for d in docs]).tolist()
+    assert isinstance(corpus.ids, np.memmap)  # ids stay on disk
+    assert sorted(p.name for p in next((tmp_path / "tokens").iterdir()).iterdir()) == \
+        ["counts.npy", "ids.npy", "offsets.npy", "types.json"]
 
 
 def test_vocab_and_numericalize(tmp_path):

@@ -1,0 +1,192 @@
+"""Resume after a crash: every training epoch ends with a checkpoint beside the stage folder.
+
+    runs/cpu/pretrain.partial/
+        key.txt         the stage's cache key: a checkpoint is only reused for the same stage inputs
+        pretrain.pt     one file per fit phase ("adapt-frozen", "adapt", "phase1", ...): the model,
+                        the optimizer, the epochs done out of how many, every RNG state (Python,
+                        NumPy, torch, each DataLoader's own generator and LM document order) and the
+                        epoch log so far
+
+A stage run inside `resumable(stage_dir, key)` (the flow's tasks do this) finds those files on
+its next run: a finished phase is restored instead of retrained, an unfinished one continues at
+`start_epoch` (fastai skips the done epochs and keeps the one-cycle / STLR schedule position,
+which is a function of the epoch). The folder is removed once the stage folder is written.
+Files are written to a temporary name and renamed, and loaded with `weights_only=True`.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from fastai.callback.core import Callback
+from fastcore.foundation import L
+
+log = logging.getLogger("ulmfit")
+_ACTIVE: contextvars.ContextVar["Checkpointer | None"] = contextvars.ContextVar("ulmfit_checkpointer", default=None)
+
+
+def partial_dir(stage_dir: str | Path) -> Path:
+    stage_dir = Path(stage_dir)
+    return stage_dir.with_name(f"{stage_dir.name}.partial")
+
+
+def active() -> "Checkpointer | None":
+    return _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def resumable(stage_dir: str | Path, key: str) -> Iterator["Checkpointer"]:
+    """Checkpoint the training inside this block; on success drop the checkpoints, on failure keep them."""
+    ckpt = Checkpointer(partial_dir(stage_dir), key)
+    token = _ACTIVE.set(ckpt)
+    try:
+        yield ckpt
+    except BaseException:
+        if ckpt.folder.exists():
+            log.info("checkpoints kept in %s: rerun the same command to resume", ckpt.folder)
+        raise
+    else:
+        ckpt.clear()
+    finally:
+        _ACTIVE.reset(token)
+
+
+def _plain(obj: Any) -> Any:
+    """Only tensors and Python builtins, so the file loads with weights_only=True."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, L)):
+        items = [_plain(v) for v in obj]
+        return tuple(items) if isinstance(obj, tuple) else items
+    return obj
+
+
+def _loader_states(learn) -> list[dict]:
+    states = []
+    for dl in learn.dls.loaders:
+        state = {"rng": dl.rng.getstate()}
+        idxs = getattr(getattr(dl, "items", None), "idxs", None)
+        if idxs is not None and hasattr(dl, "make_chunks"):  # LMDataLoader shuffles its documents in place
+            state["idxs"] = list(idxs)
+        states.append(state)
+    return states
+
+
+def _restore_loaders(learn, states: list[dict]) -> None:
+    for dl, state in zip(learn.dls.loaders, states):
+        dl.rng.setstate(state["rng"])
+        if "idxs" in state:
+            dl.items.idxs[:] = state["idxs"]  # the same list object the lengths share
+            if hasattr(dl.items, "cache_clear"):
+                dl.items.cache_clear()
+            dl.make_chunks()
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(legacy=False),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    numpy_state = dict(state["numpy"])
+    numpy_state["state"] = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in numpy_state["state"].items()}
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    """The checkpoint files of one stage run."""
+
+    def __init__(self, folder: Path, key: str):
+        self.folder, self.key = Path(folder), key
+        key_file = self.folder / "key.txt"
+        if self.folder.exists() and (not key_file.exists() or key_file.read_text() != key):
+            log.info("discarding checkpoints in %s: written for other stage inputs", self.folder)
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def path(self, phase: str) -> Path:
+        return self.folder / f"{phase}.pt"
+
+    def save(self, phase: str, learn, epochs_done: int, n_epochs: int, recorder) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "key.txt").write_text(self.key)
+        blob = _plain({"phase": phase, "epochs_done": epochs_done, "n_epochs": n_epochs,
+                       "model": learn.model.state_dict(), "opt": learn.opt.state_dict(),
+                       "rng": _rng_state(), "loaders": _loader_states(learn),
+                       "rows": recorder.rows, "batch_losses": recorder.batch_losses})
+        tmp = self.path(phase).with_suffix(f".tmp-{os.getpid()}")
+        torch.save(blob, tmp)
+        os.replace(tmp, self.path(phase))
+
+    def load(self, phase: str, n_epochs: int) -> dict | None:
+        path = self.path(phase)
+        if not path.exists():
+            return None
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a checkpoint cut short by the crash itself: start the phase over
+            log.warning("ignoring unreadable checkpoint %s (%s)", path, type(err).__name__)
+            return None
+        if blob.get("n_epochs") != n_epochs:
+            return None
+        return blob
+
+    def resume(self, phase: str, learn, recorder, n_epochs: int) -> int:
+        """Restore the phase's last checkpoint into `learn`; return the epochs already done (0: none)."""
+        blob = self.load(phase, n_epochs)
+        if blob is None:
+            return 0
+        if learn.opt is None:
+            learn.create_opt()
+        learn.model.load_state_dict(blob["model"])
+        device = next(learn.model.parameters()).device
+        opt_state = [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
+                     for s in blob["opt"]["state"]]
+        learn.opt.load_state_dict({"state": opt_state, "hypers": L(blob["opt"]["hypers"])})
+        _restore_rng(blob["rng"])
+        _restore_loaders(learn, blob["loaders"])
+        recorder.rows[:] = blob["rows"]
+        recorder.batch_losses[:] = blob["batch_losses"]
+        done = int(blob["epochs_done"])
+        log.info("%s: resuming from checkpoint, %d/%d epoch(s) already done (%s)", phase, done, n_epochs, self.path(phase))
+        return done
+
+    def callback(self, phase: str, recorder, start_epoch: int) -> "EpochCheckpoint":
+        return EpochCheckpoint(self, phase, recorder, start_epoch)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class EpochCheckpoint(Callback):
+    """Write the phase's checkpoint at the end of every epoch it trains (after the epoch log)."""
+
+    order = 90  # after Recorder (50) and EpochLog (51); SkipToEpoch is 70
+
+    def __init__(self, ckpt: Checkpointer, phase: str, recorder, start_epoch: int):
+        self.ckpt, self.phase, self.recorder, self.start_epoch = ckpt, phase, recorder, start_epoch
+
+    def after_epoch(self):
+        if self.epoch < self.start_epoch:  # an epoch fastai skipped because it was already done
+            return
+        self.ckpt.save(self.phase, self.learn, self.epoch + 1, self.n_epoch, self.recorder)

@@ -1,0 +1,150 @@
+"""The bad-input catalog, through the `ulmfit` command line (in-process): each case exits 2 with
+one `ulmfit: error:` line that says what is wrong, and writes nothing into the run directory."""
+from __future__ import annotations
+
+import errno
+import gzip
+
+import pytest
+
+from flows.cli import main
+from pipeline import artifacts
+from pipeline.data import MAX_DOC_CHARS
+
+GOOD_ROWS = "".join(f"review number {i} is {'good' if i % 2 else 'bad'},{'pos' if i % 2 else 'neg'}\n" for i in range(40))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, data_dir):
+    """A finished smoke run; every case below runs against it and must leave it as it was."""
+    path = tmp_path_factory.mktemp("bad-inputs") / "run"
+    assert main(["run", "--preset", "smoke", "--out", str(path)]) == 0
+    return path
+
+
+def snapshot(run_dir):
+    """Names of everything under the run directory, and the content of every manifest."""
+    names = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
+    return names, {p.parent.name: p.read_bytes() for p in run_dir.glob("*/manifest.json")}
+
+
+def one_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("ulmfit: error:")]
+    assert len(lines) == 1, err[-3000:]
+    return lines[0]
+
+
+def write(tmp_path, name, data: bytes) -> str:
+    (tmp_path / name).write_bytes(data)
+    return str(tmp_path / name)
+
+
+# case -> (build(tmp_path) -> extra CLI arguments, fragments the error line must contain)
+CLASSIFY_FILE_CASES = {
+    "empty-file": (lambda t: ["--set", f"classify.corpus={write(t, 'empty.csv', b'')}"], ["empty.csv", "empty corpus"]),
+    "header-only": (lambda t: ["--set", f"classify.corpus={write(t, 'h.csv', b'text,label' + chr(10).encode())}"],
+                    ["h.csv", "empty corpus"]),
+    "wrong-columns": (lambda t: ["--set", f"classify.corpus={write(t, 'cols.csv', b'review,stars' + chr(10).encode() + b'good,5' + chr(10).encode())}"],
+                      ["cols.csv", "no column 'text'", "['review', 'stars']"]),
+    "missing-label-column": (lambda t: ["--set", f"classify.corpus={write(t, 'nolab.csv', b'text' + chr(10).encode() + b'good' + chr(10).encode())}"],
+                             ["nolab.csv", "no column 'label'"]),
+    "custom-column-missing": (lambda t: ["--set", f"classify.corpus={write(t, 'r.csv', ('text,label' + chr(10) + GOOD_ROWS).encode())}",
+                                         "--set", "classify.text_col=body"], ["r.csv", "no column 'body'"]),
+    "not-utf8": (lambda t: ["--set", f"classify.corpus={write(t, 'latin1.csv', ('text,label' + chr(10) + 'café,pos' + chr(10)).encode('latin-1'))}"],
+                 ["latin1.csv", "line 2", "not UTF-8"]),
+    "binary-file": (lambda t: ["--set", f"classify.corpus={write(t, 'image.csv', bytes(range(256)) * 8)}"],
+                    ["image.csv", "binary"]),
+    "gzip-file": (lambda t: ["--set", f"classify.corpus={write(t, 'packed.csv', gzip.compress(GOOD_ROWS.encode()))}"],
+                  ["packed.csv", "binary"]),
+    "enormous-document": (lambda t: ["--set", f"classify.corpus={write(t, 'huge.csv', ('text,label' + chr(10) + 'word ' * (MAX_DOC_CHARS // 5 + 1) + ',pos' + chr(10) + GOOD_ROWS).encode())}"],
+                          ["huge.csv", "row 0", "over the limit of 5,000,000"]),
+    "single-class": (lambda t: ["--set", f"classify.corpus={write(t, 'one.csv', ('text,label' + chr(10) + GOOD_ROWS.replace(',neg', ',pos')).encode())}"],
+                     ["one.csv", "only one class", "'pos'"]),
+    "test-labels-unseen": (lambda t: ["--set", f"classify.corpus={write(t, 'train.csv', ('text,label' + chr(10) + GOOD_ROWS).encode())}",
+                                      "--set", f"classify.test_corpus={write(t, 'test.csv', ('text,label' + chr(10) + GOOD_ROWS.replace(',neg', ',meh')).encode())}"],
+                           ["test.csv", "['meh']", "do not occur in the training data"]),
+    "n-labels-too-many": (lambda t: ["--set", "classify.n_labels=30000"], ["classify.n_labels", "asked for 30000", "available"]),
+    "missing-file": (lambda t: ["--set", f"classify.corpus={t / 'no_such.csv'}"], ["no_such.csv", "not found"]),
+}
+
+
+@pytest.mark.parametrize("case", CLASSIFY_FILE_CASES, ids=list(CLASSIFY_FILE_CASES))
+def test_bad_classify_data(case, run_dir, tmp_path, capsys):
+    build, fragments = CLASSIFY_FILE_CASES[case]
+    before = snapshot(run_dir)
+    line = one_error(capsys, ["run", "--preset", "smoke", "--out", str(run_dir), *build(tmp_path)])
+    for fragment in fragments:
+        assert fragment in line, line
+    assert snapshot(run_dir) == before
+
+
+CONFIG_CASES = {
+    "unknown-key": (["classify.n_lables=3"], ["classify.n_lables", "Extra inputs are not permitted"]),
+    "unknown-section": (["clasify.lrs=[0.1]"], ["clasify"]),
+    "wrong-type": (["classify.bs=\"many\""], ["classify.bs", "integer"]),
+    "wrong-type-list": (["classify.lrs=0.01"], ["classify.lrs", "list"]),
+    "negative-lr": (["pretrain.lr=-1"], ["pretrain.lr", "greater than 0"]),
+    "negative-phase-lr": (["classify.lrs=[-0.1,0.01]"], ["learning rates > 0"]),
+    "zero-batch": (["adapt.bs=0"], ["adapt.bs", "greater than 0"]),
+    "not-key-value": (["classify.n_labels"], ["section.field=value"]),
+    "leaf-as-section": (["seed.x=1"], ["seed"]),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES, ids=list(CONFIG_CASES))
+def test_bad_config_writes_nothing(case, tmp_path, capsys):
+    overrides, fragments = CONFIG_CASES[case]
+    argv = ["run", "--preset", "smoke", "--out", str(tmp_path / "r")]
+    for item in overrides:
+        argv += ["--set", item]
+    line = one_error(capsys, argv)
+    for fragment in fragments:
+        assert fragment in line, line
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_preset(tmp_path, capsys):
+    assert "unknown preset 'tiny'" in one_error(capsys, ["run", "--preset", "tiny", "--out", str(tmp_path / "r")])
+
+
+@pytest.mark.parametrize("case", ["missing-run", "empty-folder", "foreign-folder", "lm-stage", "corrupt-model"])
+def test_predict_with_a_bad_run_directory(case, run_dir, tmp_path, capsys):
+    target = tmp_path / "run"
+    if case == "empty-folder":
+        target.mkdir()
+    elif case == "foreign-folder":
+        (target / "classify").mkdir(parents=True)
+        (target / "classify" / "model.pt").write_bytes(b"\x80\x04not a ulmfit file")
+    elif case == "lm-stage":
+        target = run_dir / "adapt"
+    elif case == "corrupt-model":
+        import shutil
+
+        shutil.copytree(run_dir / "classify", target / "classify")
+        model = target / "classify" / "model.pt"
+        model.write_bytes(model.read_bytes()[:1000])
+    line = one_error(capsys, ["predict", "--run", str(target), "a fine film"])
+    expected = {"missing-run": "no such run directory", "empty-folder": "no complete classify stage",
+                "foreign-folder": "no complete classify stage", "lm-stage": "expected 'classifier'",
+                "corrupt-model": "no complete classify stage"}[case]
+    assert expected in line and str(target) in line, line
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t"])
+def test_predict_on_an_empty_text(text, run_dir, capsys):
+    line = one_error(capsys, ["predict", "--run", str(run_dir), "a fine film", text])
+    assert "text #2 is empty" in line
+
+
+def test_disk_full_while_writing_a_stage(run_dir, monkeypatch, capsys):
+    before = snapshot(run_dir)
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(artifacts.torch, "save", full)
+    line = one_error(capsys, ["run", "--preset", "smoke", "--out", str(run_dir), "--set", "classify.lrs=[0.03,0.01]"])
+    assert "No space left on device" in line and "classify" in line and "nothing was written" in line
+    assert snapshot(run_dir) == before  # the old classify folder is intact, no temp folder left

@@ -1,0 +1,69 @@
+"""The run-directory lock, against a real second process holding it."""
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pipeline.errors import RunLockedError
+from pipeline.locking import run_dir_lock
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from pipeline.locking import run_dir_lock
+    with run_dir_lock(sys.argv[1]):
+        print("locked", flush=True)
+        time.sleep(600)
+""")
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """A separate process that holds the lock on tmp_path/run until killed."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    yield run_dir, proc
+    proc.kill()
+    proc.wait()
+
+
+def test_second_run_on_same_dir_fails_fast_naming_the_holder(holder):
+    run_dir, proc = holder
+    with pytest.raises(RunLockedError) as err:
+        with run_dir_lock(run_dir):
+            pass
+    message = str(err.value)
+    assert f"pid {proc.pid}" in message and str(run_dir) in message and "\n" not in message
+
+
+def test_other_run_dirs_are_not_blocked(holder, tmp_path):
+    with run_dir_lock(tmp_path / "other") as lock:
+        assert lock.exists()
+
+
+def test_lock_of_a_killed_process_does_not_block(holder):
+    run_dir, proc = holder
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (run_dir / ".lock").exists()  # the stale file is still there ...
+    with run_dir_lock(run_dir):  # ... but the kernel released the lock with the process
+        pass
+
+
+def test_lock_is_released_after_use(tmp_path):
+    with run_dir_lock(tmp_path / "r"):
+        pass
+    with run_dir_lock(tmp_path / "r"):
+        pass
+
+
+def test_cli_run_on_a_locked_dir_exits_2(holder, capsys):
+    from flows.cli import main
+
+    run_dir, proc = holder
+    assert main(["run", "--preset", "smoke", "--out", str(run_dir)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ulmfit: error:")]
+    assert len(errors) == 1 and f"pid {proc.pid}" in errors[0] and "in use" in errors[0]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # no stage was started
