@@ -26,8 +26,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelFitException
 from fastcore.foundation import L
+
+from pipeline.errors import ArtifactError
 
 log = logging.getLogger("ulmfit")
 _ACTIVE: contextvars.ContextVar["Checkpointer | None"] = contextvars.ContextVar("ulmfit_checkpointer", default=None)
@@ -128,15 +130,21 @@ class Checkpointer:
         return self.folder / f"{phase}.pt"
 
     def save(self, phase: str, learn, epochs_done: int, n_epochs: int, recorder) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "key.txt").write_text(self.key)
         blob = _plain({"phase": phase, "epochs_done": epochs_done, "n_epochs": n_epochs,
                        "model": learn.model.state_dict(), "opt": learn.opt.state_dict(),
                        "rng": _rng_state(), "loaders": _loader_states(learn),
                        "rows": recorder.rows, "batch_losses": recorder.batch_losses})
         tmp = self.path(phase).with_suffix(f".tmp-{os.getpid()}")
-        torch.save(blob, tmp)
-        os.replace(tmp, self.path(phase))
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            torch.save(blob, tmp)
+            os.replace(tmp, self.path(phase))
+            (self.folder / "key.txt").write_text(self.key)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            if not any(self.folder.glob("*.pt")):  # nothing worth keeping for a resume
+                shutil.rmtree(self.folder, ignore_errors=True)
+            raise ArtifactError(f"{self.path(phase)}: cannot write checkpoint ({err.strerror or err})") from None
 
     def load(self, phase: str, n_epochs: int) -> dict | None:
         path = self.path(phase)
@@ -185,8 +193,19 @@ class EpochCheckpoint(Callback):
 
     def __init__(self, ckpt: Checkpointer, phase: str, recorder, start_epoch: int):
         self.ckpt, self.phase, self.recorder, self.start_epoch = ckpt, phase, recorder, start_epoch
+        self.error: ArtifactError | None = None
 
     def after_epoch(self):
         if self.epoch < self.start_epoch:  # an epoch fastai skipped because it was already done
             return
-        self.ckpt.save(self.phase, self.learn, self.epoch + 1, self.n_epoch, self.recorder)
+        try:
+            self.ckpt.save(self.phase, self.learn, self.epoch + 1, self.n_epoch, self.recorder)
+        except ArtifactError as err:
+            # fastai rewrites exceptions raised in callbacks into a multi-line message; stop the
+            # fit cleanly instead and let `raise_error` re-raise the one-line error afterwards.
+            self.error = err
+            raise CancelFitException() from None
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error

@@ -129,8 +129,11 @@ def fit(learn: Learner, epochs: int, lr, schedule: str, phase: str, recorder: Ep
     recorder.skip_to = start
     if schedule == "one_cycle":
         learn.fit_one_cycle(epochs, lr, cbs=cbs, start_epoch=start)
-        return
-    learn.fit(epochs, cbs=[_stlr(learn, lr), *cbs], start_epoch=start)
+    else:
+        learn.fit(epochs, cbs=[_stlr(learn, lr), *cbs], start_epoch=start)
+    for cb in cbs:
+        if hasattr(cb, "raise_error"):
+            cb.raise_error()  # a checkpoint that could not be written (disk full)
 
 
 def _stlr(learn: Learner, lr, cut_frac: float = 0.1, ratio: float = 32.0) -> ParamScheduler:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import gzip
 
+import pandas as pd
 import pytest
 
 from flows.cli import main
@@ -138,13 +139,24 @@ def test_predict_on_an_empty_text(text, run_dir, capsys):
     assert "text #2 is empty" in line
 
 
-def test_disk_full_while_writing_a_stage(run_dir, monkeypatch, capsys):
+@pytest.mark.parametrize("where", ["stage-folder", "everywhere"])
+def test_disk_full_while_writing(where, run_dir, monkeypatch, capsys):
+    """The disk fills up while the classify stage folder is written (or already at its first
+    epoch checkpoint): one error line, the old classify folder intact, no temp or partial folders."""
     before = snapshot(run_dir)
 
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(artifacts.torch, "save", full)
+    if where == "stage-folder":
+        monkeypatch.setattr(pd.DataFrame, "to_csv", full)  # history.csv, in the middle of write_stage
+    else:
+        monkeypatch.setattr(artifacts.torch, "save", full)  # every torch.save: checkpoints and model.pt
     line = one_error(capsys, ["run", "--preset", "smoke", "--out", str(run_dir), "--set", "classify.lrs=[0.03,0.01]"])
-    assert "No space left on device" in line and "classify" in line and "nothing was written" in line
-    assert snapshot(run_dir) == before  # the old classify folder is intact, no temp folder left
+    assert "No space left on device" in line and "classify" in line, line
+    names, manifests = snapshot(run_dir)
+    if where == "stage-folder":
+        assert "nothing was written" in line
+        # the epochs trained before the failed write are kept for a resume once space is freed
+        names = [n for n in names if not n.startswith("classify.partial")]
+    assert (names, manifests) == before
