@@ -8,3 +8,10 @@ import os
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "ulmfit")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+
+# Prefect attaches its API log handler to the "ulmfit" logger (EXTRA_LOGGERS) but leaves its level
+# alone; without this, a flow run started by `ulmfit serve` would drop the INFO epoch lines.
+import logging  # noqa: E402
+
+if logging.getLogger("ulmfit").level == logging.NOTSET:
+    logging.getLogger("ulmfit").setLevel(logging.INFO)
