@@ -14,6 +14,14 @@ os.environ["PREFECT_HOME"] = str(_TMP / "prefect")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Mark a test whose body failed, so fixtures (the browser) can save what they saw."""
+    report = (yield).get_result()
+    if report.when == "call" and report.failed:
+        item.failed = True
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     path = Path(os.environ["ULMFIT_DATA_DIR"])
