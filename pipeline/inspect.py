@@ -29,6 +29,17 @@ LM_STAGES = ("pretrain", "adapt")
 COMPARE_FILE = "compare.csv"
 
 
+def find_run_dir(run_dir: str | Path) -> Path:
+    """A run directory as given, or - for a relative path that does not exist here - relative to the
+    repository root (notebooks run with notebooks/ as their working directory)."""
+    run = Path(run_dir).expanduser()
+    if not run.is_absolute() and not run.exists():
+        for base in (Path.cwd().parent, Path(__file__).resolve().parents[1]):
+            if (base / run).exists():
+                return (base / run).resolve()
+    return run.resolve()
+
+
 def stage_dir(run_dir: str | Path, stage: str) -> Path:
     if stage not in STAGES:
         raise ArtifactError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
