@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("stages", help="list the stages, backbones and presets")
     serve = sub.add_parser("serve", help="open the Prefect UI and serve the flows as deployments (Ctrl-C stops)")
     serve.add_argument("--port", type=int, default=4200, help="port of the local server (0 = any free port; default 4200)")
-    serve.add_argument("--limit", type=int, help="at most this many flow runs at once")
+    serve.add_argument("--limit", type=int, default=1, help="at most this many flow runs at once (default 1: runs queue)")
     return parser
 
 
