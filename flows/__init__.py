@@ -8,6 +8,9 @@ import os
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "ulmfit")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+# A run without PREFECT_API_URL starts a temporary server; Prefect gives it 20 s, which a busy
+# 2-core machine can exceed.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 # Prefect attaches its API log handler to the "ulmfit" logger (EXTRA_LOGGERS) but leaves its level
 # alone; without this, a flow run started by `ulmfit serve` would drop the INFO epoch lines.
