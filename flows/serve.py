@@ -67,6 +67,12 @@ def is_healthy(api_url: str) -> bool:
         return False
 
 
+def _new_log_path() -> Path:
+    fd, path = tempfile.mkstemp(prefix="prefect-server-", suffix=".log")
+    os.close(fd)
+    return Path(path)
+
+
 @dataclass
 class LocalServer:
     """A `prefect server start` subprocess on a loopback port."""
@@ -75,7 +81,7 @@ class LocalServer:
     port: int = 4200
     home: str | None = None  # PREFECT_HOME for the server (its SQLite database); None = inherited
     proc: subprocess.Popen | None = None
-    log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="prefect-server-", suffix=".log")[1]))
+    log_path: Path = field(default_factory=lambda: _new_log_path())
 
     @property
     def api_url(self) -> str:

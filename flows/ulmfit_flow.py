@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 from prefect import flow, task
 
