@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="override applied to every cell (repeatable)")
     compare.add_argument("--out", help="output directory (default: runs/compare-PRESET)")
     sub.add_parser("stages", help="list the stages, backbones and presets")
+    serve = sub.add_parser("serve", help="open the Prefect UI and serve the flows as deployments (Ctrl-C stops)")
+    serve.add_argument("--port", type=int, default=4200, help="port of the local server (0 = any free port; default 4200)")
+    serve.add_argument("--limit", type=int, default=1, help="at most this many flow runs at once (default 1: runs queue)")
     return parser
 
 
@@ -96,12 +99,19 @@ def _cmd_stages(_args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from flows.serve import serve
+
+    return serve(port=args.port, limit=args.limit)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for chatty in ("httpx", "httpcore"):  # one line per Prefect API call otherwise
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    commands = {"run": _cmd_run, "compare": _cmd_compare, "predict": _cmd_predict, "stages": _cmd_stages}
+    commands = {"run": _cmd_run, "compare": _cmd_compare, "predict": _cmd_predict, "stages": _cmd_stages,
+                "serve": _cmd_serve}
     try:
         return commands[args.command](args)
     except UlmfitError as err:

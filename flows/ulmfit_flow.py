@@ -4,17 +4,20 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 from prefect import flow, task
 
 from flows.caching import cache_key_fn, needs_refresh, stage_key
+from flows.params import (AdaptSettings, BackboneName, ClassifySettings, Preset, PretrainSettings, StageName,
+                          typed_overrides)
+from flows.reporting import report_stage, stage_progress
+from pipeline.backbones import REGISTRY
 from pipeline.checkpoint import resumable
 from pipeline.config import STAGES, RunConfig, load_config, validate_config
+from pipeline.errors import ConfigError
 from pipeline.locking import run_dir_lock
-from pipeline.stages import adapt, classify, pretrain
-
-StageName = Literal["pretrain", "adapt", "classify"]
+from pipeline.stages import adapt as adapt_stage, classify as classify_stage, pretrain as pretrain_stage
 
 
 def _result(res) -> dict:
@@ -26,22 +29,26 @@ def _task_options(name: str):
                 retries=0, log_prints=True)
 
 
+# Each task: per-epoch checkpoints in <out_dir>.partial/ (resume after a crash) and a UI progress artifact.
 @task(**_task_options("pretrain"))
 def pretrain_task(cfg_json: str, out_dir: str, cache_key: str) -> dict:
-    with resumable(out_dir, cache_key):  # per-epoch checkpoints in <out_dir>.partial/
-        return _result(pretrain.run(validate_config(json.loads(cfg_json)), out_dir, cache_key))
+    cfg = validate_config(json.loads(cfg_json))
+    with resumable(out_dir, cache_key), stage_progress("pretrain", cfg):
+        return _result(pretrain_stage.run(cfg, out_dir, cache_key))
 
 
 @task(**_task_options("adapt"))
 def adapt_task(cfg_json: str, upstream: str, out_dir: str, cache_key: str) -> dict:
-    with resumable(out_dir, cache_key):
-        return _result(adapt.run(validate_config(json.loads(cfg_json)), upstream, out_dir, cache_key))
+    cfg = validate_config(json.loads(cfg_json))
+    with resumable(out_dir, cache_key), stage_progress("adapt", cfg):
+        return _result(adapt_stage.run(cfg, upstream, out_dir, cache_key))
 
 
 @task(**_task_options("classify"))
 def classify_task(cfg_json: str, upstream: str, out_dir: str, cache_key: str) -> dict:
-    with resumable(out_dir, cache_key):
-        return _result(classify.run(validate_config(json.loads(cfg_json)), upstream, out_dir, cache_key))
+    cfg = validate_config(json.loads(cfg_json))
+    with resumable(out_dir, cache_key), stage_progress("classify", cfg):
+        return _result(classify_stage.run(cfg, upstream, out_dir, cache_key))
 
 
 TASKS = {"pretrain": pretrain_task, "adapt": adapt_task, "classify": classify_task}
@@ -53,10 +60,25 @@ def _forced(stage: str, rerun: Optional[str]) -> bool:
 
 
 @flow(name="ulmfit", log_prints=True, persist_result=True)
-def ulmfit_flow(preset: str = "cpu", overrides: Optional[list[str]] = None, rerun: Optional[StageName] = None,
-                out_dir: Optional[str] = None) -> dict:
-    """Pretrain a language model, adapt it to the target domain, fine-tune a classifier."""
-    cfg = load_config(preset, overrides or [])
+def ulmfit_flow(preset: Preset = "cpu", backbone: Optional[BackboneName] = None,
+                pretrain: PretrainSettings = PretrainSettings(), adapt: AdaptSettings = AdaptSettings(),
+                classify: ClassifySettings = ClassifySettings(), overrides: Optional[list[str]] = None,
+                rerun: Optional[StageName] = None, out_dir: Optional[str] = None) -> dict:
+    """Pretrain a language model, adapt it to the target domain, fine-tune a classifier.
+
+    Args:
+        preset: Starting configuration (smoke: ~1 min test run; cpu: ~20 min; full: GPU reproduction).
+        backbone: Model family; empty = the preset's (awd_lstm).
+        pretrain: Stage 1 settings; empty fields keep the preset's values.
+        adapt: Stage 2 settings; empty fields keep the preset's values.
+        classify: Stage 3 settings; empty fields keep the preset's values.
+        overrides: Any other field as section.field=value, e.g. classify.bs=32 (applied last).
+        rerun: Recompute this stage and the ones after it even if cached.
+        out_dir: Run directory (default: runs/PRESET, relative to where the flow runs).
+    """
+    if backbone and backbone not in REGISTRY:
+        raise ConfigError(f"backbone {backbone!r} is not available in this version; available: {', '.join(sorted(REGISTRY))}")
+    cfg = load_config(preset, typed_overrides(backbone, pretrain, adapt, classify) + list(overrides or []))
     return run_stages(cfg, out_dir or f"runs/{preset}", rerun)
 
 
@@ -80,5 +102,6 @@ def _run_locked(cfg: RunConfig, run_dir: Path, rerun: Optional[str], stage_dirs:
         state = stage_task(*args, return_state=True)
         result = state.result()  # re-raises the stage's error
         summary[stage] = {**result, "state": state.name, "seconds": time.perf_counter() - start}
+        report_stage(stage, result["path"], state.name)
         upstream = result["path"]
     return summary

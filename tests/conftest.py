@@ -14,6 +14,14 @@ os.environ["PREFECT_HOME"] = str(_TMP / "prefect")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Mark a test whose body failed, so fixtures (the browser) can save what they saw."""
+    report = (yield).get_result()
+    if report.when == "call" and report.failed:
+        item.failed = True
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     path = Path(os.environ["ULMFIT_DATA_DIR"])
@@ -27,3 +35,57 @@ def smoke_cfg():
     from pipeline.config import load_config
 
     return load_config("smoke")
+
+
+# --- a real Prefect server and `ulmfit serve` against it (test_serve.py, test_browser.py) ----------
+
+def _log_tail(path: Path, n: int = 3000) -> str:
+    return path.read_text(errors="replace")[-n:] if path.exists() else ""
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """`prefect server start` on a free loopback port with its own PREFECT_HOME (SQLite database)."""
+    from flows.serve import LocalServer, free_port
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    server = LocalServer(port=free_port(), home=str(home), log_path=home / "server.log")
+    server.start()  # waits for /api/health; raises with the server's log if it dies
+    try:
+        yield server
+    finally:
+        server.stop()  # the whole process group
+
+
+@pytest.fixture(scope="session")
+def served(prefect_server, tmp_path_factory):
+    """`ulmfit serve` pointed at the test server, until its `ulmfit/ulmfit` deployment is registered."""
+    import subprocess
+    import sys
+    import time
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.serve import stop_process_group
+
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "PREFECT_API_URL": prefect_server.api_url, "PREFECT_UI_URL": prefect_server.ui_url,
+           "PREFECT_HOME": prefect_server.home, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve"], env=env, cwd=REPO, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
+            from prefect import get_client
+
+            with get_client(sync_client=True) as client:
+                while True:  # bounded by pytest-timeout; fails at once if `ulmfit serve` exits
+                    assert proc.poll() is None, f"ulmfit serve exited:\n{_log_tail(log_path)}"
+                    try:
+                        deployment = client.read_deployment_by_name("ulmfit/ulmfit")
+                        break
+                    except Exception:
+                        time.sleep(1)
+            yield {"proc": proc, "deployment": deployment, "log": log_path, "server": prefect_server}
+    finally:
+        stop_process_group(proc)

@@ -1,0 +1,104 @@
+"""What the Prefect UI shows about each stage: artifacts and live epoch progress.
+
+- After each stage (computed or cached): a table artifact of its metrics and a markdown
+  artifact of its card (`card.md`, with the loss-curve PNG's path on disk).
+- While a stage trains: a progress artifact that moves one step per finished epoch. The
+  pipeline logs one line per epoch to the "ulmfit" logger (pipeline.training.EpochLog);
+  Prefect ships those lines to the run's logs (PREFECT_LOGGING_EXTRA_LOGGERS, see
+  flows/__init__.py), and a handler here turns them into progress.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from pathlib import Path
+from typing import Iterator
+
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
+from prefect.context import FlowRunContext, TaskRunContext
+
+from pipeline.artifacts import read_metrics
+from pipeline.config import RunConfig
+
+log = logging.getLogger("ulmfit")
+EPOCH_LINE = re.compile(r"^(\S+) epoch (\d+)/(\d+): ")  # EpochLog's end-of-epoch line (heartbeats are indented)
+
+
+def _in_run() -> bool:
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def metric_rows(metrics: dict) -> list[dict]:
+    """Scalar metrics as table rows (the confusion matrix and class list are in the card)."""
+    rows = []
+    for key, value in metrics.items():
+        if isinstance(value, (int, float, str, bool)) or value is None:
+            rows.append({"metric": key, "value": round(value, 6) if isinstance(value, float) else value})
+    return rows
+
+
+def card_markdown(stage_dir: Path) -> str:
+    """The stage's card, with the relative loss-curve link replaced by its path on disk."""
+    card = (stage_dir / "card.md").read_text()
+    png = stage_dir / "history.png"
+    return card.replace("![loss curves](history.png)", f"Loss curves (PNG in the run folder): `{png}`")
+
+
+def report_stage(stage: str, path: str, state: str) -> None:
+    """Table + markdown artifacts for a finished stage; a no-op outside a Prefect run."""
+    if not _in_run():
+        return
+    folder = Path(path)
+    label = "from cache" if state == "Cached" else "computed"
+    create_table_artifact(table=metric_rows(read_metrics(folder)), key=f"{stage}-metrics",
+                          description=f"{stage} metrics ({label}); {folder}")
+    create_markdown_artifact(markdown=card_markdown(folder), key=f"{stage}-card",
+                             description=f"{stage} card ({label}); {folder}")
+
+
+def total_epochs(stage: str, cfg: RunConfig) -> int:
+    if stage == "pretrain":
+        return cfg.pretrain.epochs
+    if stage == "adapt":
+        return cfg.adapt.frozen_epochs + cfg.adapt.epochs
+    return sum(cfg.classify.epochs_per_phase)
+
+
+class EpochProgress(logging.Handler):
+    """Counts EpochLog's end-of-epoch lines and moves a Prefect progress artifact."""
+
+    def __init__(self, artifact_id, total: int):
+        super().__init__(logging.INFO)
+        self.artifact_id, self.total, self.done = artifact_id, max(total, 1), 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not EPOCH_LINE.match(record.getMessage()):
+            return
+        self.done += 1
+        self.update(min(100.0, 100.0 * self.done / self.total))
+
+    def update(self, progress: float) -> None:
+        try:
+            update_progress_artifact(artifact_id=self.artifact_id, progress=progress)
+        except Exception as err:  # progress display must never break training
+            log.debug("progress artifact update failed: %s", err)
+
+
+@contextlib.contextmanager
+def stage_progress(stage: str, cfg: RunConfig) -> Iterator[None]:
+    """Within a task run: a progress artifact for this stage, updated once per epoch."""
+    if not _in_run():
+        yield
+        return
+    artifact_id = create_progress_artifact(progress=0.0, key=f"{stage}-progress",
+                                           description=f"{stage}: epochs finished / {total_epochs(stage, cfg)}")
+    handler = EpochProgress(artifact_id, total_epochs(stage, cfg))
+    logger = logging.getLogger("ulmfit")
+    logger.addHandler(handler)
+    try:
+        yield
+        handler.update(100.0)
+    finally:
+        logger.removeHandler(handler)
