@@ -42,12 +42,12 @@ def test_smoke_flow_runs_all_stages(first_run):
 
 
 def test_second_run_is_fully_cached(first_run):
-    run_dir, first = first_run
+    run_dir, _ = first_run
     proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir))
     assert proc.returncode == 0, proc.output[-3000:]
     assert proc.states == {"pretrain": "Cached", "adapt": "Cached", "classify": "Cached"}
+    # No wall-clock assertion (machines here are noisy): the cached-rerun time is a benchmark (BENCHMARKS.md).
     assert not any(marker in proc.output for marker in WORK_MARKERS), "cached run trained or tokenized"
-    assert proc.wall < max(0.15 * first.wall, 20.0), (proc.wall, first.wall)
 
 
 def test_changed_classify_setting_reruns_only_classify(first_run):
