@@ -132,6 +132,18 @@ def _load(folder: Path) -> TokenizedCorpus:
                            np.load(folder / "offsets.npy"))
 
 
+def _save_once(corpus: TokenizedCorpus, folder: Path) -> None:
+    """Cache the tokens unless another process (a DDP rank) has just cached the same ones."""
+    if (folder / "types.json").exists():
+        return
+    try:
+        with atomic_dir(folder) as tmp:
+            _save(corpus, tmp)
+    except OSError:
+        if not (folder / "types.json").exists():  # a real failure, not a lost race
+            raise
+
+
 def tokenize_cached(texts: list[str], cache_dir: Path, lang: str = "en", n_workers: int = 2,
                     name: str = "corpus") -> TokenizedCorpus:
     """Tokenize `texts`, or load the result of an earlier identical call from `cache_dir`."""
@@ -143,8 +155,7 @@ def tokenize_cached(texts: list[str], cache_dir: Path, lang: str = "en", n_worke
     log.info("tokenizing %s: %d documents with %d process(es)", name, len(texts),
              _process_count(len(texts), n_workers))
     corpus = _to_arrays(_tokenize_parallel(texts, lang, n_workers))
-    with atomic_dir(folder) as tmp:
-        _save(corpus, tmp)
+    _save_once(corpus, folder)
     secs = time.perf_counter() - start
     log.info("tokenized %s: %d tokens in %.1fs (%.0f tokens/s)", name, corpus.n_tokens, secs,
              corpus.n_tokens / max(secs, 1e-9))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.accel import wants_compile
 from pipeline.artifacts import load_model_file, write_stage
 from pipeline.backbones import get_backbone, with_vocab
 from pipeline.config import AdaptConfig, RunConfig
@@ -72,7 +73,8 @@ def run(cfg: RunConfig, pretrained_dir: str | Path, out_dir: str | Path, cache_k
     backbone, device = get_backbone(blob["backbone"]), pick_device(cfg.device)
     encoder, arch, model, n_known = target_model(cfg, blob, train_texts)
     data = lm_data(encoder, train_texts, valid_texts, f"{ac.corpus}/lm")
-    learn = lm_learner(backbone, model, arch, data, ac.bs, ac.bptt, ac.wd, device, encoder.specials, cfg.seed)
+    learn = lm_learner(backbone, model, arch, data, ac.bs, ac.bptt, ac.wd, device, encoder.specials, cfg.seed,
+                       compile_model=wants_compile(cfg.compile, backbone.name, device))
     itos = encoder.itos
     log.info("adapt: vocab %d (%d known to stage 1), %d train / %d held-out tokens", len(itos), n_known,
              data.n_train_tokens, data.n_valid_tokens)

@@ -5,6 +5,7 @@ import logging
 import time
 from pathlib import Path
 
+from pipeline.accel import wants_compile
 from pipeline.artifacts import write_stage
 from pipeline.backbones import Backbone, get_backbone
 from pipeline.config import RunConfig
@@ -59,7 +60,8 @@ def run(cfg: RunConfig, out_dir: str | Path, cache_key: str = "") -> StageResult
     backbone, device = get_backbone(cfg.model.backbone), pick_device(cfg.device)
     encoder, arch, model = initial_model(cfg, backbone, train_texts)
     data = lm_data(encoder, train_texts, valid_texts, pc.corpus)
-    learn = lm_learner(backbone, model, arch, data, pc.bs, pc.bptt, pc.wd, device, encoder.specials, cfg.seed)
+    learn = lm_learner(backbone, model, arch, data, pc.bs, pc.bptt, pc.wd, device, encoder.specials, cfg.seed,
+                       compile_model=wants_compile(cfg.compile, backbone.name, device))
     log.info("pretrain: %s, %d params, vocab %d, %d train / %d valid tokens, device %s", backbone.name,
              count_params(model), len(encoder.itos), data.n_train_tokens, data.n_valid_tokens, device)
     recorder, train_start = EpochLog(NAME), time.perf_counter()
