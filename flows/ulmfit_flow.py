@@ -10,13 +10,9 @@ from prefect import flow, task
 
 from flows.caching import cache_key_fn, needs_refresh, stage_key
 from pipeline.config import STAGES, RunConfig, load_config, validate_config
-from pipeline.stages import adapt, classify, pretrain
+from flows.launching import run_stage  # in process, or under torchrun when cfg.nproc > 1
 
 StageName = Literal["pretrain", "adapt", "classify"]
-
-
-def _result(res) -> dict:
-    return {"stage": res.stage, "path": res.path, "metrics": res.metrics}
 
 
 def _task_options(name: str):
@@ -26,17 +22,17 @@ def _task_options(name: str):
 
 @task(**_task_options("pretrain"))
 def pretrain_task(cfg_json: str, out_dir: str, cache_key: str) -> dict:
-    return _result(pretrain.run(validate_config(json.loads(cfg_json)), out_dir, cache_key))
+    return run_stage("pretrain", validate_config(json.loads(cfg_json)), None, out_dir, cache_key)
 
 
 @task(**_task_options("adapt"))
 def adapt_task(cfg_json: str, upstream: str, out_dir: str, cache_key: str) -> dict:
-    return _result(adapt.run(validate_config(json.loads(cfg_json)), upstream, out_dir, cache_key))
+    return run_stage("adapt", validate_config(json.loads(cfg_json)), upstream, out_dir, cache_key)
 
 
 @task(**_task_options("classify"))
 def classify_task(cfg_json: str, upstream: str, out_dir: str, cache_key: str) -> dict:
-    return _result(classify.run(validate_config(json.loads(cfg_json)), upstream, out_dir, cache_key))
+    return run_stage("classify", validate_config(json.loads(cfg_json)), upstream, out_dir, cache_key)
 
 
 TASKS = {"pretrain": pretrain_task, "adapt": adapt_task, "classify": classify_task}
