@@ -13,7 +13,7 @@ from pipeline.backbones import get_backbone, with_vocab
 from pipeline.config import AdaptConfig, RunConfig
 from pipeline.data import is_registered, load_corpus, resolve_data_dir
 from pipeline.errors import DataError
-from pipeline.lm import SAMPLE_PROMPTS, evaluate, generate, lm_data, lm_learner
+from pipeline.lm import SAMPLE_PROMPTS, evaluate, final_scores, generate, lm_data, lm_learner
 from pipeline.stages.common import StageResult, blob_arch, card, loss_plot, lm_blob, out_path, sample_rows
 from pipeline.text import encoder_from_state, fit_encoder
 from pipeline.training import EpochLog, count_params, discriminative, fit, pick_device, seed_everything
@@ -89,7 +89,7 @@ def run(cfg: RunConfig, pretrained_dir: str | Path, out_dir: str | Path, cache_k
     n_groups = len(learn.opt.param_lists) if learn.opt else len(backbone.lm_splitter(learn.model))
     fit(learn, ac.epochs, discriminative(ac.lr, n_groups, ac.lr_decay), ac.schedule, "adapt", recorder)
     train_secs = time.perf_counter() - train_start
-    after = evaluate(learn)
+    after = final_scores(learn)
 
     epochs = ac.frozen_epochs + ac.epochs
     metrics = {"held_out_perplexity_before": before["perplexity"], "held_out_perplexity_after": after["perplexity"],

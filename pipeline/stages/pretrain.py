@@ -11,7 +11,7 @@ from pipeline.backbones import Backbone, get_backbone
 from pipeline.config import RunConfig
 from pipeline.data import load_corpus, resolve_data_dir
 from pipeline.errors import ConfigError, DataError
-from pipeline.lm import SAMPLE_PROMPTS, evaluate, generate, lm_data, lm_learner
+from pipeline.lm import SAMPLE_PROMPTS, final_scores, generate, lm_data, lm_learner
 from pipeline.stages.common import StageResult, card, loss_plot, lm_blob, out_path, sample_rows
 from pipeline.text import encoder_from_checkpoint, fit_encoder
 from pipeline.training import EpochLog, count_params, fit, pick_device, seed_everything
@@ -67,7 +67,7 @@ def run(cfg: RunConfig, out_dir: str | Path, cache_key: str = "") -> StageResult
     recorder, train_start = EpochLog(NAME), time.perf_counter()
     fit(learn, pc.epochs, pc.lr, pc.schedule, NAME, recorder)
     train_secs = time.perf_counter() - train_start
-    scores = evaluate(learn)
+    scores = final_scores(learn)
 
     metrics = {"valid_perplexity": scores["perplexity"], "valid_accuracy": scores["accuracy"],
                "valid_loss": scores["loss"], "corpus": pc.corpus, "epochs": pc.epochs,
