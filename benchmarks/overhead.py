@@ -13,7 +13,7 @@ process, so the machine's background load hits both alike.
 overhead = (ours - bare) / bare, per round and on the medians. Prefect's own per-run cost
 (server start-up, cache lookups) is what the cached-rerun benchmark measures.
 
-usage: python benchmarks/overhead.py [--preset cpu] [--rounds 2] [--set pretrain.max_docs=60 ...]
+usage: python benchmarks/overhead.py [--preset cpu] [--rounds 3] [--warmup 1] [--set pretrain.max_docs=30 ...]
 """
 from __future__ import annotations
 
@@ -70,7 +70,8 @@ def ours(cfg, out_dir: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (first-call costs: lazy imports, allocator)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     cfg = load_config(args.preset, ["model.backbone=awd_lstm", *args.overrides])
@@ -79,13 +80,14 @@ def main() -> None:
     fit_encoder(cfg.tokenizer, texts, pc.min_freq, pc.max_vocab, cfg.cache_dir, "warm-up")  # warm the token cache
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.rounds):
+        for i in range(-args.warmup, args.rounds):
             # alternate which side goes first, so a load change mid-run does not favour one side
             order = [("bare", lambda: bare(cfg)), ("ours", lambda: ours(cfg, f"{tmp}/r{i}"))]
             times = dict((name, fn()) for name, fn in (order if i % 2 == 0 else order[::-1]))
             times["overhead"] = times["ours"] / times["bare"] - 1
-            rows.append(times)
-            print(json.dumps({"round": i, **{k: round(v, 3) for k, v in times.items()}}), flush=True)
+            if i >= 0:
+                rows.append(times)
+            print(json.dumps({"round": i if i >= 0 else "warm-up", **{k: round(v, 3) for k, v in times.items()}}), flush=True)
     med = {k: statistics.median(r[k] for r in rows) for k in ("bare", "ours")}
     print(json.dumps({"median_bare_s": round(med["bare"], 2), "median_ours_s": round(med["ours"], 2),
                       "overhead_of_medians": round(med["ours"] / med["bare"] - 1, 4)}))
