@@ -130,3 +130,15 @@ def test_transformer_pretrain_two_processes(tmp_path, data_dir):
     assert sorted(p.name for p in (tmp_path / "ddp" / "pretrain").iterdir()) == FILES
     metrics = read_metrics(tmp_path / "ddp" / "pretrain")
     assert 1 < metrics["valid_perplexity"] < metrics["vocab_size"] and metrics["backbone"] == "gpt"
+
+
+def test_rank_error_becomes_one_line_user_error():
+    """A rank's `ulmfit: error:` line surfaces as UlmfitError (the CLI prints it and exits 2)."""
+    from flows.launching import _torchrun
+    from pipeline.errors import UlmfitError
+
+    script = "import sys; print('ulmfit: error: bad corpus', file=sys.stderr); sys.exit(2)"
+    with pytest.raises(UlmfitError, match="^bad corpus$"):
+        _torchrun([sys.executable, "-c", script])
+    with pytest.raises(RuntimeError, match="status 3"):
+        _torchrun([sys.executable, "-c", "raise SystemExit(3)"])
