@@ -19,6 +19,8 @@ from pipeline.data import resolve_data_dir
 PIPELINE_DIR = Path(pipeline.__file__).parent
 SHARED_CODE = ["config.py", "tokens.py", "text.py", "artifacts.py", "backbones.py", "hf_backbones.py",
                "masking.py", "training.py", "data.py", "download.py", "stages/common.py"]
+# Not hashed: distributed.py, ddp.py, accel.py and launch.py decide how fast and on how many
+# processes a stage runs, not what it computes (nproc and compile are not in the key either).
 STAGE_CODE = {
     "pretrain": ["lm.py", "stages/pretrain.py"],
     "adapt": ["lm.py", "transfer.py", "stages/adapt.py"],

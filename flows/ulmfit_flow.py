@@ -17,11 +17,7 @@ from pipeline.checkpoint import resumable
 from pipeline.config import STAGES, RunConfig, load_config, validate_config
 from pipeline.errors import ConfigError
 from pipeline.locking import run_dir_lock
-from pipeline.stages import adapt as adapt_stage, classify as classify_stage, pretrain as pretrain_stage
-
-
-def _result(res) -> dict:
-    return {"stage": res.stage, "path": res.path, "metrics": res.metrics}
+from flows.launching import run_stage  # in process, or under torchrun when cfg.nproc > 1
 
 
 def _task_options(name: str):
@@ -34,21 +30,21 @@ def _task_options(name: str):
 def pretrain_task(cfg_json: str, out_dir: str, cache_key: str) -> dict:
     cfg = validate_config(json.loads(cfg_json))
     with resumable(out_dir, cache_key), stage_progress("pretrain", cfg):
-        return _result(pretrain_stage.run(cfg, out_dir, cache_key))
+        return run_stage("pretrain", cfg, None, out_dir, cache_key)
 
 
 @task(**_task_options("adapt"))
 def adapt_task(cfg_json: str, upstream: str, out_dir: str, cache_key: str) -> dict:
     cfg = validate_config(json.loads(cfg_json))
     with resumable(out_dir, cache_key), stage_progress("adapt", cfg):
-        return _result(adapt_stage.run(cfg, upstream, out_dir, cache_key))
+        return run_stage("adapt", cfg, upstream, out_dir, cache_key)
 
 
 @task(**_task_options("classify"))
 def classify_task(cfg_json: str, upstream: str, out_dir: str, cache_key: str) -> dict:
     cfg = validate_config(json.loads(cfg_json))
     with resumable(out_dir, cache_key), stage_progress("classify", cfg):
-        return _result(classify_stage.run(cfg, upstream, out_dir, cache_key))
+        return run_stage("classify", cfg, upstream, out_dir, cache_key)
 
 
 TASKS = {"pretrain": pretrain_task, "adapt": adapt_task, "classify": classify_task}

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import pandas as pd
 import torch
 
+from pipeline import distributed
 from pipeline.errors import ArtifactError
 
 MANIFEST = "manifest.json"
@@ -100,7 +101,17 @@ def verify_folder(folder: Path, names: list[str] | None = None) -> dict:
 
 def write_stage(target: Path, *, model: dict[str, Any], metrics: dict, history: pd.DataFrame,
                 card: str, cache_key: str = "", extra_files: dict[str, bytes] | None = None) -> Path:
-    """Write a complete stage folder atomically and return its path."""
+    """Write a complete stage folder atomically and return its path.
+
+    Under DDP only rank 0 writes (every rank holds the same weights); the others wait for it, so
+    no rank returns before the folder is in place."""
+    if distributed.is_rank0():
+        _write_folder(Path(target), model, metrics, history, card, cache_key, extra_files)
+    distributed.barrier()
+    return Path(target)
+
+
+def _write_folder(target: Path, model, metrics, history, card, cache_key, extra_files) -> None:
     with atomic_dir(target) as tmp:
         torch.save(model, tmp / MODEL_FILE)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
@@ -110,7 +121,6 @@ def write_stage(target: Path, *, model: dict[str, Any], metrics: dict, history: 
             (tmp / name).write_bytes(data)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / MANIFEST).write_text(json.dumps({"cache_key": cache_key, "files": files}, indent=2))
-    return Path(target)
 
 
 def read_manifest(folder: Path) -> dict:

@@ -138,11 +138,22 @@ class RunConfig(_Frozen):
     cache_dir: str | None = Field(None, description="Token cache (default: $ULMFIT_CACHE_DIR, else ~/.cache/ulmfit-flow).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA with mixed precision when present, else CPU.")
     seed: int = Field(42, description="Random seed for sampling and initialisation.")
+    nproc: int = Field(1, ge=1, description="Data-parallel processes per stage (torchrun + DDP; one per GPU, gloo on CPU). Batch sizes stay global (split over the processes). Not part of cache keys.")
+    compile: bool = Field(False, description="torch.compile the gpt/bert backbones on CUDA (ignored on CPU and for awd_lstm). Not part of cache keys.")
     model: ModelConfig = ModelConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     pretrain: PretrainConfig = PretrainConfig()
     adapt: AdaptConfig = AdaptConfig()
     classify: ClassifyConfig = ClassifyConfig()
+
+    @model_validator(mode="after")
+    def _batches_split(self):
+        # Batch sizes are global and split evenly over the nproc processes (see pipeline.distributed).
+        for name in STAGES:
+            bs = getattr(self, name).bs
+            if bs % self.nproc:
+                raise ValueError(f"{name}.bs={bs} is not divisible by nproc={self.nproc}")
+        return self
 
 
 def available_presets() -> list[str]:
@@ -193,7 +204,8 @@ def validate_config(tree: dict) -> RunConfig:
 
 def stage_config(cfg: RunConfig, stage: str) -> dict:
     """What a stage's result depends on (its cache key input): its own section plus the model,
-    tokenizer settings and seed. Worker counts and paths that do not change results are left out."""
+    tokenizer settings and seed. Worker counts, paths, nproc and compile are left out: they change
+    how fast a stage runs, not what it computes (up to floating-point and batch-sharding noise)."""
     tok = cfg.tokenizer.model_dump(exclude={"n_workers"})
     return {"stage": stage, "seed": cfg.seed, "model": cfg.model.used(),
             "tokenizer": tok, stage: getattr(cfg, stage).model_dump()}

@@ -21,6 +21,7 @@ from fastai.data.core import DataLoaders
 from fastai.metrics import Perplexity
 from fastai.text.data import LMDataLoader
 
+from pipeline import distributed
 from pipeline.backbones import Backbone
 from pipeline.errors import ConfigError
 from pipeline.masking import lm_accuracy
@@ -56,19 +57,22 @@ def lm_loader(docs: list[torch.Tensor], bs: int, bptt: int, shuffle: bool, devic
     # Shrink the batch for tiny held-out sets so every row still gets at least one window.
     n_tokens = sum(len(d) for d in docs)
     bs = max(1, min(bs, (n_tokens - 1) // (bptt + 1)))
-    return LMDataLoader(docs, bs=bs, seq_len=bptt, shuffle=shuffle, device=device)
+    return LMDataLoader(docs, bs=bs, seq_len=bptt, shuffle=shuffle, device=device,
+                        pin_memory=device is not None and torch.device(device).type == "cuda")
 
 
 def lm_learner(backbone: Backbone, model, arch: dict, data: LMData, bs: int, bptt: int, wd: float, device,
-               specials, seed: int):
+               specials, seed: int, compile_model: bool = False):
     limit = backbone.max_seq_len(arch)
     if limit and bptt > limit:
         raise ConfigError(f"bptt={bptt} exceeds the {backbone.name} model's {limit} positions")
-    dls = DataLoaders(lm_loader(data.train, bs, bptt, True, device),
-                      lm_loader(data.valid, bs, bptt, False, device), device=device)
+    # Under DDP each rank trains on an equal slice of the stream with its share of the batch, and
+    # validates on the whole held-out stream (so validation metrics are the global ones).
+    train = lm_loader(distributed.shard_stream(data.train), distributed.per_rank_batch(bs), bptt, True, device)
+    dls = DataLoaders(train, lm_loader(data.valid, bs, bptt, False, device), device=device)
     callbacks = backbone.lm_callbacks(arch["vocab_size"], specials, seed)
     return make_learner(dls, model, backbone.lm_splitter, callbacks,
-                        metrics=[lm_accuracy, Perplexity()], wd=wd, device=device)
+                        metrics=[lm_accuracy, Perplexity()], wd=wd, device=device, compile_model=compile_model)
 
 
 def evaluate(learn) -> dict:
@@ -78,6 +82,19 @@ def evaluate(learn) -> dict:
     not comparable with a causal LM's next-token perplexity."""
     loss, acc, _ = learn.validate()
     return {"loss": float(loss), "perplexity": float(math.exp(loss)), "accuracy": float(acc)}
+
+
+def final_scores(learn) -> dict:
+    """`evaluate` after training, without a second pass over the held-out stream when fit just made one:
+    fastai validates at the end of every epoch, on the same stream with the same (final) weights
+    (masked-LM validation is seeded), so those numbers are the ones a fresh pass would give."""
+    rec = getattr(learn, "recorder", None)
+    values, names = getattr(rec, "values", None), getattr(rec, "metric_names", [])
+    if not values or "valid_loss" not in names or "lm_accuracy" not in names:
+        return evaluate(learn)
+    row = dict(zip(names[1:], values[-1]))  # values[-1] holds the last epoch's log minus 'epoch'
+    loss = float(row["valid_loss"])
+    return {"loss": loss, "perplexity": float(math.exp(loss)), "accuracy": float(row["lm_accuracy"])}
 
 
 @torch.no_grad()

@@ -100,15 +100,16 @@ def _clock(secs: float) -> str:
     return f"{secs // 60}:{secs % 60:02d}"
 
 
-def make_learner(dls, model, splitter, callbacks, metrics, wd: float, device: torch.device) -> Learner:
+def make_learner(dls, model, splitter, callbacks, metrics, wd: float, device: torch.device,
+                 compile_model: bool = False) -> Learner:
     # Adam with beta2 = 0.99 as in ULMFiT; beta1 follows the one-cycle momentum schedule.
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), opt_func=partial(Adam, sqr_mom=0.99),
                     splitter=splitter, cbs=callbacks, metrics=metrics, wd=wd, moms=(0.8, 0.7, 0.8))
     learn.remove_cb(ProgressCallback)
     learn.logger = lambda *_: None  # EpochLog writes the lines
-    if device.type == "cuda":
-        learn.to_fp16()
-    return learn
+    from pipeline.accel import prepare
+
+    return prepare(learn, device, compile_model)  # GPU precision, torch.compile, DDP: no-ops on one CPU process
 
 
 def fit(learn: Learner, epochs: int, lr, schedule: str, phase: str, recorder: EpochLog) -> None:

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.accel import wants_compile
 from pipeline.artifacts import load_model_file, write_stage
 from pipeline.backbones import get_backbone, with_vocab
 from pipeline.config import AdaptConfig, RunConfig
 from pipeline.data import is_registered, load_corpus, resolve_data_dir
 from pipeline.errors import DataError
-from pipeline.lm import SAMPLE_PROMPTS, evaluate, generate, lm_data, lm_learner
+from pipeline.lm import SAMPLE_PROMPTS, evaluate, final_scores, generate, lm_data, lm_learner
 from pipeline.stages.common import StageResult, blob_arch, card, loss_plot, lm_blob, out_path, sample_rows
 from pipeline.text import encoder_from_state, fit_encoder
 from pipeline.training import EpochLog, count_params, discriminative, fit, pick_device, seed_everything
@@ -72,7 +73,8 @@ def run(cfg: RunConfig, pretrained_dir: str | Path, out_dir: str | Path, cache_k
     backbone, device = get_backbone(blob["backbone"]), pick_device(cfg.device)
     encoder, arch, model, n_known = target_model(cfg, blob, train_texts)
     data = lm_data(encoder, train_texts, valid_texts, f"{ac.corpus}/lm")
-    learn = lm_learner(backbone, model, arch, data, ac.bs, ac.bptt, ac.wd, device, encoder.specials, cfg.seed)
+    learn = lm_learner(backbone, model, arch, data, ac.bs, ac.bptt, ac.wd, device, encoder.specials, cfg.seed,
+                       compile_model=wants_compile(cfg.compile, backbone.name, device))
     itos = encoder.itos
     log.info("adapt: vocab %d (%d known to stage 1), %d train / %d held-out tokens", len(itos), n_known,
              data.n_train_tokens, data.n_valid_tokens)
@@ -87,7 +89,7 @@ def run(cfg: RunConfig, pretrained_dir: str | Path, out_dir: str | Path, cache_k
     n_groups = len(learn.opt.param_lists) if learn.opt else len(backbone.lm_splitter(learn.model))
     fit(learn, ac.epochs, discriminative(ac.lr, n_groups, ac.lr_decay), ac.schedule, "adapt", recorder)
     train_secs = time.perf_counter() - train_start
-    after = evaluate(learn)
+    after = final_scores(learn)
 
     epochs = ac.frozen_epochs + ac.epochs
     metrics = {"held_out_perplexity_before": before["perplexity"], "held_out_perplexity_after": after["perplexity"],

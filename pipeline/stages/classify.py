@@ -20,6 +20,8 @@ from fastai.data.core import DataLoaders
 from fastai.metrics import accuracy
 from fastai.text.data import SortedDL, pad_input_chunk
 
+from pipeline import distributed
+from pipeline.accel import wants_compile
 from pipeline.artifacts import load_model_file, write_stage
 from pipeline.backbones import get_backbone
 from pipeline.config import ClassifyConfig, RunConfig
@@ -53,10 +55,11 @@ def encode(frame: pd.DataFrame, encoder, classes: list[str], cc: ClassifyConfig,
             for ids, label in zip(docs, frame["label"])]
 
 
-def loader(items: list[tuple], cc: ClassifyConfig, shuffle: bool, device, pad_id: int) -> SortedDL:
+def loader(items: list[tuple], cc: ClassifyConfig, shuffle: bool, device, pad_id: int, bs: int | None = None) -> SortedDL:
     # Batches of similar lengths, padded at the front in whole chunks of bptt (what BPT3C expects).
     # num_workers=0: fastai defaults to forked workers, which die inside Prefect's task threads.
-    return SortedDL(items, res=[len(x) for x, _ in items], bs=cc.bs, shuffle=shuffle, device=device, num_workers=0,
+    return SortedDL(items, res=[len(x) for x, _ in items], bs=bs or cc.bs, shuffle=shuffle, device=device,
+                    num_workers=0, pin_memory=torch.device(device).type == "cuda",
                     before_batch=partial(pad_input_chunk, pad_idx=pad_id, seq_len=cc.bptt))
 
 
@@ -112,9 +115,12 @@ def run(cfg: RunConfig, adapted_dir: str | Path, out_dir: str | Path, cache_key:
                           for s in ("train", "valid", "test"))
     device = pick_device(cfg.device)
     backbone, model = build_model(blob, len(classes), cc, encoder.specials)
-    dls = DataLoaders(loader(train, cc, True, device, pad), loader(valid, cc, False, device, pad), device=device)
+    # Under DDP: this rank's share of the training examples and of the batch; every rank validates
+    # and tests on the whole sets, so the metrics are the global ones.
+    train_dl = loader(distributed.shard_items(train), cc, True, device, pad, distributed.per_rank_batch(cc.bs))
+    dls = DataLoaders(train_dl, loader(valid, cc, False, device, pad), device=device)
     learn = make_learner(dls, model, backbone.classifier_splitter, backbone.classifier_callbacks(), [accuracy],
-                         cc.wd, device)
+                         cc.wd, device, compile_model=wants_compile(cfg.compile, backbone.name, device))
     learn.create_opt()
     log.info("classify: %d train / %d valid / %d test examples, %d params, %d layer groups", len(train),
              len(valid), len(test), count_params(model), len(learn.opt.param_lists))

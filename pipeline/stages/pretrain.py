@@ -5,12 +5,13 @@ import logging
 import time
 from pathlib import Path
 
+from pipeline.accel import wants_compile
 from pipeline.artifacts import write_stage
 from pipeline.backbones import Backbone, get_backbone
 from pipeline.config import RunConfig
 from pipeline.data import load_corpus, resolve_data_dir
 from pipeline.errors import ConfigError, DataError
-from pipeline.lm import SAMPLE_PROMPTS, evaluate, generate, lm_data, lm_learner
+from pipeline.lm import SAMPLE_PROMPTS, final_scores, generate, lm_data, lm_learner
 from pipeline.stages.common import StageResult, card, loss_plot, lm_blob, out_path, sample_rows
 from pipeline.text import encoder_from_checkpoint, fit_encoder
 from pipeline.training import EpochLog, count_params, fit, pick_device, seed_everything
@@ -59,13 +60,14 @@ def run(cfg: RunConfig, out_dir: str | Path, cache_key: str = "") -> StageResult
     backbone, device = get_backbone(cfg.model.backbone), pick_device(cfg.device)
     encoder, arch, model = initial_model(cfg, backbone, train_texts)
     data = lm_data(encoder, train_texts, valid_texts, pc.corpus)
-    learn = lm_learner(backbone, model, arch, data, pc.bs, pc.bptt, pc.wd, device, encoder.specials, cfg.seed)
+    learn = lm_learner(backbone, model, arch, data, pc.bs, pc.bptt, pc.wd, device, encoder.specials, cfg.seed,
+                       compile_model=wants_compile(cfg.compile, backbone.name, device))
     log.info("pretrain: %s, %d params, vocab %d, %d train / %d valid tokens, device %s", backbone.name,
              count_params(model), len(encoder.itos), data.n_train_tokens, data.n_valid_tokens, device)
     recorder, train_start = EpochLog(NAME), time.perf_counter()
     fit(learn, pc.epochs, pc.lr, pc.schedule, NAME, recorder)
     train_secs = time.perf_counter() - train_start
-    scores = evaluate(learn)
+    scores = final_scores(learn)
 
     metrics = {"valid_perplexity": scores["perplexity"], "valid_accuracy": scores["accuracy"],
                "valid_loss": scores["loss"], "corpus": pc.corpus, "epochs": pc.epochs,
