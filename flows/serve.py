@@ -22,10 +22,10 @@ import flows  # noqa: F401  (Prefect defaults before prefect is imported)
 from pipeline.errors import UlmfitError
 
 # (deployment name, module, flow object). A module that does not exist yet is skipped:
-# the `compare` flow is served as soon as flows/compare.py exists.
+# the `compare` flow (flows/compare_flow.py) is served beside it.
 SERVED_FLOWS = [
     ("ulmfit", "flows.ulmfit_flow", "ulmfit_flow"),
-    ("compare", "flows.compare", "compare_flow"),
+    ("compare", "flows.compare_flow", "compare_flow"),
 ]
 SERVER_START_TIMEOUT = 180.0  # seconds; a cold start on a busy 2-core machine takes 10-30 s
 
