@@ -27,6 +27,8 @@ FULL_FT = ["classify.epochs_per_phase=[4]", "classify.lrs=[0.001]", "classify.lr
 
 def recipes(backbone: str) -> dict[str, list[str]]:
     out = {f"ulmfit, {p} pooling": [f"classify.pooling={p}"] for p in POOLINGS[backbone]}
+    out[f"ulmfit lrs / 10, {POOLINGS[backbone][0]} pooling"] = [
+        "classify.lrs=[0.002,0.001,0.0005,0.0002]", f"classify.pooling={POOLINGS[backbone][0]}"]
     out[f"full fine-tuning lr 1e-3, {POOLINGS[backbone][0]} pooling"] = FULL_FT + [f"classify.pooling={POOLINGS[backbone][0]}"]
     out[f"full fine-tuning lr 1e-4, {POOLINGS[backbone][0]} pooling"] = (
         FULL_FT[:1] + ["classify.lrs=[0.0001]", "classify.lr_decay=1", f"classify.pooling={POOLINGS[backbone][0]}"])
@@ -39,12 +41,15 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", default=None)
+    parser.add_argument("--only", action="append", default=[], help="run recipes whose name contains this (repeatable)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     backbone = load_model_file(Path(args.adapt_dir), expect_kind="lm")["backbone"]
     out = Path(args.out or tempfile.mkdtemp(prefix="recipes-"))
     rows = []
     for name, extra in recipes(backbone).items():
+        if args.only and not any(part in name for part in args.only):
+            continue
         cfg = load_config(args.preset, args.overrides + [f"model.backbone={backbone}"] + extra)
         start = time.perf_counter()
         result = classify.run(cfg, args.adapt_dir, out / name.replace(" ", "_").replace(",", ""))
