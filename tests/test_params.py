@@ -41,8 +41,11 @@ def test_mismatched_phases_fail_with_a_config_error():
         load_config("smoke", typed_overrides(None, None, None, ClassifySettings(lrs=[0.1])))
 
 
-def test_unavailable_backbone_is_a_clear_error():
-    from flows.ulmfit_flow import ulmfit_flow
+def test_backbone_parameter_selects_the_registry_entry():
+    from flows.params import AdaptSettings, ClassifySettings, PretrainSettings, typed_overrides
+    from pipeline.config import load_config
 
-    with pytest.raises(ConfigError, match="backbone 'bert' is not available"):
-        ulmfit_flow.fn(preset="smoke", backbone="bert")
+    for name in ("gpt", "bert"):
+        sets = typed_overrides(name, PretrainSettings(), AdaptSettings(), ClassifySettings())
+        assert load_config("smoke", sets).model.backbone == name
+    assert load_config("smoke", typed_overrides(None, PretrainSettings(), AdaptSettings(), ClassifySettings())).model.backbone == "awd_lstm"
