@@ -22,8 +22,8 @@ def test_compare_writes_table_and_plot(compare_dir):
     proc = ulmfit("compare", "--preset", "smoke", "--backbones", "awd_lstm", "--out", str(compare_dir))
     assert proc.returncode == 0, proc.output[-3000:]
     states = cell_states(proc)
-    assert set(states) == {"awd_lstm/full", "awd_lstm/no_pretrain", "awd_lstm/no_adapt"}
-    assert states["awd_lstm/no_adapt"][0] == "Cached"  # shares the full cell's pretraining
+    assert set(states) == {"awd_lstm/full", "awd_lstm/no_pretrain", "awd_lstm/no_adapt"}, proc.stdout[-3000:]
+    assert states["awd_lstm/no_adapt"][0] == "Cached", proc.output[-4000:]  # shares the full cell's pretraining
     report = compare_dir / "report"
     table = pd.read_csv(report / "compare.csv")
     assert list(table["variant"]) == ["full", "no_pretrain", "no_adapt"]

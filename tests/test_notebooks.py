@@ -1,6 +1,5 @@
 """Every notebook runs top to bottom against a real smoke run, and is committed without outputs."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
