@@ -14,6 +14,7 @@ from prefect import flow
 
 from flows.ulmfit_flow import run_stages
 from pipeline.compare import VARIANTS, Cell, cell_row, grid, markdown, write_report
+from pipeline.config import validate_config
 
 Backbone = Literal["awd_lstm", "gpt", "bert"]
 Variant = Literal["full", "no_pretrain", "no_adapt"]
@@ -22,8 +23,6 @@ Variant = Literal["full", "no_pretrain", "no_adapt"]
 @flow(name="compare-cell", log_prints=True, flow_run_name="{name}")
 def cell_flow(name: str, cell_json: str, stage_dirs: dict) -> dict:
     """One cell of the grid: the three stages with this cell's config and shared stage folders."""
-    from pipeline.config import validate_config
-
     cfg = validate_config(json.loads(cell_json))
     root = Path(stage_dirs["classify"]).parent.parent  # <out>/<backbone>/classify-...: cells lock <out> in turn
     return run_stages(cfg, str(root), stage_dirs=stage_dirs)

@@ -21,8 +21,7 @@ from pathlib import Path
 import flows  # noqa: F401  (Prefect defaults before prefect is imported)
 from pipeline.errors import UlmfitError
 
-# (deployment name, module, flow object). A module that does not exist yet is skipped:
-# the `compare` flow (flows/compare_flow.py) is served beside it.
+# (deployment name, module, flow object); imported only when serving (they pull in fastai).
 SERVED_FLOWS = [
     ("ulmfit", "flows.ulmfit_flow", "ulmfit_flow"),
     ("compare", "flows.compare_flow", "compare_flow"),
@@ -35,17 +34,8 @@ class ServeError(UlmfitError):
 
 
 def served_flows() -> list[tuple[str, object]]:
-    """(deployment name, flow) for each flow in SERVED_FLOWS whose module exists."""
-    found = []
-    for name, module_name, attr in SERVED_FLOWS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name == module_name:
-                continue  # not written yet
-            raise
-        found.append((name, getattr(module, attr)))
-    return found
+    """(deployment name, flow) for each flow in SERVED_FLOWS."""
+    return [(name, getattr(importlib.import_module(module), attr)) for name, module, attr in SERVED_FLOWS]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -5,8 +5,6 @@ import torch
 
 from pipeline import distributed
 
-COMPILABLE = ("gpt", "bert")  # fastai's AWD-LSTM (weight-dropped cuDNN LSTM) gains little and breaks graphs
-
 
 def mixed_precision(learn, device: torch.device):
     """bf16 autocast where the GPU supports it (no loss scaling needed: bf16 has fp32's range),
@@ -18,9 +16,9 @@ def mixed_precision(learn, device: torch.device):
     return learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
 
 
-def wants_compile(compile_flag: bool, backbone: str, device: torch.device) -> bool:
-    """torch.compile only on request, on CUDA, for the transformer backbones."""
-    return compile_flag and device.type == "cuda" and backbone in COMPILABLE
+def wants_compile(compile_flag: bool, backbone, device: torch.device) -> bool:
+    """torch.compile only on request, on CUDA, for backbones whose registry entry says it helps."""
+    return compile_flag and device.type == "cuda" and backbone.compilable
 
 
 def prepare(learn, device: torch.device, compile_model: bool = False):

@@ -37,6 +37,7 @@ class Backbone:
     classifier_callbacks: Callable[[], list] = field(default=lambda: [])
     max_seq_len: Callable[[dict], Optional[int]] = field(default=lambda arch: None)
     load_checkpoint: Optional[Callable[[str], tuple]] = None  # local HF folder -> (LM, arch), for init_from
+    compilable: bool = False  # torch.compile pays off (fastai's weight-dropped LSTM gains little and breaks graphs)
 
 
 REGISTRY: dict[str, Backbone] = {}
@@ -159,6 +160,7 @@ register(Backbone(
     next_token_logits=hf.causal_next,
     max_seq_len=hf.max_positions,
     load_checkpoint=hf.load_causal_lm,
+    compilable=True,
 ))
 
 register(Backbone(
@@ -177,4 +179,5 @@ register(Backbone(
     lm_callbacks=_masked_lm_callbacks,
     max_seq_len=hf.max_positions,
     load_checkpoint=hf.load_masked_lm,
+    compilable=True,
 ))

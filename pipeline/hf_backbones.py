@@ -196,15 +196,20 @@ def classifier_builder(default_pooling: str):
     return build
 
 
+def _positions(model: HFLanguageModel) -> int | None:
+    # HF configs alias max_position_embeddings (GPT-2 stores it as n_positions)
+    return getattr(model.hf.config, "max_position_embeddings", None)
+
+
 @torch.no_grad()
 def causal_next(model: HFLanguageModel, ids: torch.Tensor, specials) -> torch.Tensor:
-    limit = max_positions(model.hf.config.to_dict()) or ids.shape[1]
+    limit = _positions(model) or ids.shape[1]
     return model(ids[:, -limit:])[0, -1]
 
 
 @torch.no_grad()
 def masked_next(model: HFLanguageModel, ids: torch.Tensor, specials) -> torch.Tensor:
     # A masked LM "generates" by predicting a mask token appended after the prompt.
-    limit = (max_positions(model.hf.config.to_dict()) or ids.shape[1] + 1) - 1
+    limit = (_positions(model) or ids.shape[1] + 1) - 1
     ids = torch.cat([ids[:, -limit:], ids.new_full((1, 1), specials.mask)], dim=1)
     return model(ids)[0, -1]

@@ -25,7 +25,6 @@ from pipeline import distributed
 from pipeline.backbones import Backbone
 from pipeline.errors import ConfigError
 from pipeline.masking import lm_accuracy
-from pipeline.tokens import detokenize  # noqa: F401  (re-exported for notebooks)
 from pipeline.training import make_learner
 
 log = logging.getLogger("ulmfit")

@@ -21,6 +21,7 @@ from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
 
 from pipeline import checkpoint
+from pipeline.accel import prepare
 
 log = logging.getLogger("ulmfit")
 HEARTBEAT_SECS = 30.0
@@ -46,7 +47,6 @@ class EpochLog(Callback):
     def __init__(self, phase: str = "train"):
         self.phase, self.rows, self.batch_losses = phase, [], []
         self.skip_to = 0  # epochs below this were done before a resume: fastai skips them
-
 
     def before_epoch(self):
         self.epoch_start = self.last_beat = time.perf_counter()
@@ -107,8 +107,6 @@ def make_learner(dls, model, splitter, callbacks, metrics, wd: float, device: to
                     splitter=splitter, cbs=callbacks, metrics=metrics, wd=wd, moms=(0.8, 0.7, 0.8))
     learn.remove_cb(ProgressCallback)
     learn.logger = lambda *_: None  # EpochLog writes the lines
-    from pipeline.accel import prepare
-
     return prepare(learn, device, compile_model)  # GPU precision, torch.compile, DDP: no-ops on one CPU process
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pipeline.config import RunConfig, load_config, parse_override
 from pipeline.data import load_corpus
 from pipeline.errors import ConfigError, DataError
-from pipeline.lm import detokenize
+from pipeline.tokens import detokenize
 from pipeline.tokens import SPECIAL_TOKENS, build_vocab, numericalize, tokenize_cached, tokenize_texts
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

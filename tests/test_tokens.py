@@ -85,6 +85,6 @@ def test_max_vocab_caps_size(tmp_path):
 
 
 def test_detokenize_restores_case_for_display():
-    from pipeline.lm import detokenize
+    from pipeline.tokens import detokenize
 
     assert detokenize(["xxbos", "xxmaj", "this", "is", "xxup", "great", "!"]) == "This is GREAT !"

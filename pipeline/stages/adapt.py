@@ -74,7 +74,7 @@ def run(cfg: RunConfig, pretrained_dir: str | Path, out_dir: str | Path, cache_k
     encoder, arch, model, n_known = target_model(cfg, blob, train_texts)
     data = lm_data(encoder, train_texts, valid_texts, f"{ac.corpus}/lm")
     learn = lm_learner(backbone, model, arch, data, ac.bs, ac.bptt, ac.wd, device, encoder.specials, cfg.seed,
-                       compile_model=wants_compile(cfg.compile, backbone.name, device))
+                       compile_model=wants_compile(cfg.compile, backbone, device))
     itos = encoder.itos
     log.info("adapt: vocab %d (%d known to stage 1), %d train / %d held-out tokens", len(itos), n_known,
              data.n_train_tokens, data.n_valid_tokens)

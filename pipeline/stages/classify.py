@@ -120,7 +120,7 @@ def run(cfg: RunConfig, adapted_dir: str | Path, out_dir: str | Path, cache_key:
     train_dl = loader(distributed.shard_items(train), cc, True, device, pad, distributed.per_rank_batch(cc.bs))
     dls = DataLoaders(train_dl, loader(valid, cc, False, device, pad), device=device)
     learn = make_learner(dls, model, backbone.classifier_splitter, backbone.classifier_callbacks(), [accuracy],
-                         cc.wd, device, compile_model=wants_compile(cfg.compile, backbone.name, device))
+                         cc.wd, device, compile_model=wants_compile(cfg.compile, backbone, device))
     learn.create_opt()
     log.info("classify: %d train / %d valid / %d test examples, %d params, %d layer groups", len(train),
              len(valid), len(test), count_params(model), len(learn.opt.param_lists))

@@ -61,7 +61,7 @@ def run(cfg: RunConfig, out_dir: str | Path, cache_key: str = "") -> StageResult
     encoder, arch, model = initial_model(cfg, backbone, train_texts)
     data = lm_data(encoder, train_texts, valid_texts, pc.corpus)
     learn = lm_learner(backbone, model, arch, data, pc.bs, pc.bptt, pc.wd, device, encoder.specials, cfg.seed,
-                       compile_model=wants_compile(cfg.compile, backbone.name, device))
+                       compile_model=wants_compile(cfg.compile, backbone, device))
     log.info("pretrain: %s, %d params, vocab %d, %d train / %d valid tokens, device %s", backbone.name,
              count_params(model), len(encoder.itos), data.n_train_tokens, data.n_valid_tokens, device)
     recorder, train_start = EpochLog(NAME), time.perf_counter()
