@@ -17,6 +17,7 @@ import pandas as pd
 
 from pipeline.config import load_config
 from pipeline.stages import classify
+from pipeline.stages.context import make_context
 
 RECIPES = {
     "ULMFiT gradual unfreezing, lrs 2e-2/1e-2/5e-3/2e-3": ["classify.epochs_per_phase=[1,1,1,1]", "classify.lrs=[0.02,0.01,0.005,0.002]"],
@@ -37,7 +38,7 @@ def main() -> None:
         for encoder, adapted in (("transferred", args.transferred), ("random", args.random)):
             out = Path("runs/recipes") / f"{len(rows):02d}"
             start = time.perf_counter()
-            res = classify.run(load_config(args.preset, overrides), adapted, out)
+            res = classify.run(make_context("classify", load_config(args.preset, overrides), out, adapted))
             valid = pd.read_csv(out / "history.csv")["accuracy"].iloc[-1]
             rows.append({"recipe": recipe, "encoder": encoder, "valid_accuracy": round(float(valid), 4),
                          "test_accuracy": round(res.metrics["test_accuracy"], 4), "test_size": res.metrics["test_size"],

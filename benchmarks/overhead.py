@@ -36,6 +36,7 @@ from fastai.text.data import LMDataLoader
 from pipeline.config import load_config
 from pipeline.lm import lm_data
 from pipeline.stages import pretrain
+from pipeline.stages.context import make_context
 from pipeline.text import fit_encoder
 from pipeline.training import seed_everything
 
@@ -63,7 +64,7 @@ def bare(cfg) -> float:
 
 def ours(cfg, out_dir: str) -> float:
     start = time.perf_counter()
-    pretrain.run(cfg, out_dir, "bench")
+    pretrain.run(make_context("pretrain", cfg, out_dir, cache_key="bench"))
     return time.perf_counter() - start
 
 

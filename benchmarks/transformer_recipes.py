@@ -20,6 +20,7 @@ from pathlib import Path
 from pipeline.artifacts import load_model_file
 from pipeline.config import load_config
 from pipeline.stages import classify
+from pipeline.stages.context import make_context
 
 POOLINGS = {"gpt": ["concat", "last"], "bert": ["mean", "first"], "awd_lstm": ["concat"]}
 FULL_FT = ["classify.epochs_per_phase=[4]", "classify.lrs=[0.001]", "classify.lr_decay=1"]
@@ -44,7 +45,7 @@ def main() -> None:
     parser.add_argument("--only", action="append", default=[], help="run recipes whose name contains this (repeatable)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    backbone = load_model_file(Path(args.adapt_dir), expect_kind="lm")["backbone"]
+    backbone = load_model_file(Path(args.adapt_dir), expect_kind="lm").backbone
     out = Path(args.out or tempfile.mkdtemp(prefix="recipes-"))
     rows = []
     for name, extra in recipes(backbone).items():
@@ -52,7 +53,8 @@ def main() -> None:
             continue
         cfg = load_config(args.preset, args.overrides + [f"model.backbone={backbone}"] + extra)
         start = time.perf_counter()
-        result = classify.run(cfg, args.adapt_dir, out / name.replace(" ", "_").replace(",", ""))
+        result = classify.run(make_context("classify", cfg, out / name.replace(" ", "_").replace(",", ""),
+                                           args.adapt_dir))
         rows.append({"backbone": backbone, "recipe": name, "test_accuracy": result.metrics["test_accuracy"],
                      "seconds": round(time.perf_counter() - start, 1)})
         print(json.dumps(rows[-1]), flush=True)

@@ -8,20 +8,18 @@ import sys
 import time
 
 import flows  # noqa: F401  (sets Prefect defaults before prefect is imported)
-from pipeline.config import STAGES, available_presets, load_config
+from pipeline.backbones import REGISTRY as BACKBONES
+from pipeline.config import available_presets, load_config
 from pipeline.errors import UlmfitError
-
-HEADLINES = {"pretrain": ("valid_perplexity", "WikiText valid perplexity"),
-             "adapt": ("held_out_perplexity_after", "held-out perplexity after adaptation"),
-             "classify": ("test_accuracy", "test accuracy")}
+from pipeline.stages.registry import REGISTRY as STAGES
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ulmfit", description="ULMFiT: pretrain -> adapt -> classify, as a cached Prefect flow.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the three-stage flow (cached stages are not recomputed)")
+    run = sub.add_parser("run", help=f"run the flow: {' -> '.join(STAGES)} (cached stages are not recomputed)")
     run.add_argument("--preset", default="cpu", help=f"one of {', '.join(available_presets())} (default: cpu)")
-    run.add_argument("--rerun", choices=STAGES, help="recompute this stage and the stages after it")
+    run.add_argument("--rerun", choices=list(STAGES), help="recompute this stage and the stages after it")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                      help="override a config field, e.g. --set classify.n_labels=500 (repeatable)")
     run.add_argument("--out", help="run directory (default: runs/PRESET)")
@@ -32,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="backbones x {full, no_pretrain, no_adapt}: a cached grid of runs, "
                              "written as a table (CSV, markdown) and a plot")
     compare.add_argument("--preset", default="cpu", help="preset of every cell (default: cpu)")
-    compare.add_argument("--backbones", default="awd_lstm,gpt,bert", help="comma-separated (default: all three)")
+    compare.add_argument("--backbones", default=",".join(BACKBONES),
+                         help=f"comma-separated, of {', '.join(BACKBONES)} (default: all)")
     compare.add_argument("--variants", default="full,no_pretrain,no_adapt", help="comma-separated ablations")
     compare.add_argument("--n-labels", help="comma-separated label budgets, e.g. 100,1000 (default: the preset's)")
     compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -46,19 +45,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args) -> int:
-    cfg = load_config(args.preset, args.overrides)  # validate before starting Prefect
+    cfg = load_config(args.preset, args.overrides)  # validated before Prefect starts, then passed on as is
     if args.show_config:
         print(cfg.model_dump_json(indent=2))
         return 0
-    from flows.ulmfit_flow import ulmfit_flow
+    from flows.ulmfit_flow import ulmfit_config_flow
 
     start = time.perf_counter()
-    summary = ulmfit_flow(preset=args.preset, overrides=args.overrides, rerun=args.rerun, out_dir=args.out)
+    summary = ulmfit_config_flow(config=cfg, out_dir=args.out or f"runs/{args.preset}", rerun=args.rerun)
     print(f"\nulmfit run finished in {time.perf_counter() - start:.1f}s")
-    for stage in STAGES:
-        info = summary[stage]
-        key, label = HEADLINES[stage]
-        print(f"  {stage:9s} {info['state']:10s} {info['seconds']:8.1f}s  {label}: {info['metrics'][key]:.4f}  -> {info['path']}")
+    for name, stage in STAGES.items():
+        info = summary[name]
+        key, label = stage.headline
+        print(f"  {name:9s} {info['state']:10s} {info['seconds']:8.1f}s  {label}: {info['metrics'][key]:.4f}  -> {info['path']}")
     return 0
 
 
@@ -89,12 +88,9 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_stages(_args) -> int:
-    from pipeline.backbones import REGISTRY
-
-    for name in STAGES:
-        module = __import__(f"pipeline.stages.{name}", fromlist=["run"])
-        print(f"{name:9s} {module.__doc__.strip().splitlines()[0]}")
-    print("\nbackbones: " + ", ".join(f"{b.name} ({b.description})" for b in REGISTRY.values()))
+    for name, stage in STAGES.items():
+        print(f"{name:9s} {stage.summary()}")
+    print("\nbackbones: " + ", ".join(f"{b.name} ({b.description})" for b in BACKBONES.values()))
     print("presets:   " + ", ".join(available_presets()))
     return 0
 

@@ -1,54 +1,52 @@
 """`compare`: backbones x {full pipeline, no pretraining, no adaptation} (x label budgets) as one Prefect flow.
 
-Each cell is a `compare-cell` subflow running the three cached stage tasks; stages shared
-between cells (e.g. one backbone's pretraining) hit the cache. The table, plot and markdown
-are written to `<out>/report/` and published as Prefect artifacts.
+Each cell is a `compare-cell` subflow running the stages with the cell's validated config and its
+explicit stage folders; stages shared between cells (e.g. one backbone's pretraining) are Cached.
+The compare folder is locked for the whole grid. The table, plot and markdown are written to
+`<out>/report/` and published as Prefect artifacts.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal, Optional
 
 from prefect import flow
 
+from flows.params import BackboneName, Preset
 from flows.ulmfit_flow import run_stages
-from pipeline.compare import VARIANTS, Cell, cell_row, grid, markdown, write_report
-from pipeline.config import validate_config
+from pipeline.backbones import REGISTRY as BACKBONES
+from pipeline.compare import VARIANTS, cell_row, grid, markdown, write_report
+from pipeline.config import RunConfig
+from pipeline.locking import run_dir_lock
 
-Backbone = Literal["awd_lstm", "gpt", "bert"]
-Variant = Literal["full", "no_pretrain", "no_adapt"]
+Variant = Literal[tuple(VARIANTS)]
 
 
 @flow(name="compare-cell", log_prints=True, flow_run_name="{name}")
-def cell_flow(name: str, cell_json: str, stage_dirs: dict) -> dict:
-    """One cell of the grid: the three stages with this cell's config and shared stage folders."""
-    cfg = validate_config(json.loads(cell_json))
-    root = Path(stage_dirs["classify"]).parent.parent  # <out>/<backbone>/classify-...: cells lock <out> in turn
-    return run_stages(cfg, str(root), stage_dirs=stage_dirs)
-
-
-def run_cell(cell: Cell) -> dict:
-    summary = cell_flow(cell.name, cell.config.model_dump_json(), cell.stage_dirs)
-    return {stage: info["state"] for stage, info in summary.items()}
+def cell_flow(name: str, config: RunConfig, folders: dict[str, str]) -> dict:
+    """One cell of the grid: the stages with this cell's config, in its (partly shared) stage folders."""
+    return run_stages(config, {stage: Path(folder) for stage, folder in folders.items()})
 
 
 @flow(name="compare", log_prints=True, persist_result=True)
-def compare_flow(preset: str = "cpu", backbones: list[Backbone] = ["awd_lstm", "gpt", "bert"],  # noqa: B006
+def compare_flow(preset: Preset = "cpu", backbones: list[BackboneName] = list(BACKBONES),  # noqa: B006
                  variants: list[Variant] = list(VARIANTS), n_labels: Optional[list[int]] = None,  # noqa: B006
                  overrides: Optional[list[str]] = None, out_dir: Optional[str] = None) -> dict:
     """Run every cell (cached), then write and publish the comparison table and plot."""
-    out = out_dir or f"runs/compare-{preset}"
+    shown_out = out_dir or f"runs/compare-{preset}"
+    out = Path(shown_out).expanduser().resolve()
     cells = grid(preset, list(backbones), list(variants), n_labels, overrides or [], out)
     states, rows = {}, []
-    for cell in cells:
-        states[cell.name] = run_cell(cell)
-        rows.append(cell_row(cell))
-    command = " ".join(["ulmfit compare", f"--preset {preset}", f"--backbones {','.join(backbones)}",
-                        f"--variants {','.join(variants)}"]
-                       + ([f"--n-labels {','.join(map(str, n_labels))}"] if n_labels else [])
-                       + [f"--set {o}" for o in overrides or []] + [f"--out {out}"])
-    report = write_report(out, rows, command)
+    with run_dir_lock(out):
+        for cell in cells:
+            summary = cell_flow(cell.name, cell.config, {stage: str(f) for stage, f in cell.folders.items()})
+            states[cell.name] = {stage: info["state"] for stage, info in summary.items()}
+            rows.append(cell_row(cell))
+        command = " ".join(["ulmfit compare", f"--preset {preset}", f"--backbones {','.join(backbones)}",
+                            f"--variants {','.join(variants)}"]
+                           + ([f"--n-labels {','.join(map(str, n_labels))}"] if n_labels else [])
+                           + [f"--set {o}" for o in overrides or []] + [f"--out {shown_out}"])
+        report = write_report(out, rows, command)
     _publish(rows, report)
     return {"report": str(report), "rows": rows, "states": states}
 

@@ -1,9 +1,10 @@
 """How a Prefect stage task runs its stage: in this process, or data-parallel under torchrun.
 
-nproc == 1: the stage runs in the task's own process, as before.
+nproc == 1: the stage runs in the task's own process, with the StageContext built here.
 nproc > 1:  `python -m torch.distributed.run --standalone --nproc_per_node N -m pipeline.launch ...`
-            as a subprocess; the task then reads the folder rank 0 wrote. The subprocess is a fresh
-            interpreter (exec, not fork), so no CUDA state is inherited from the flow's process.
+            as a subprocess; each rank builds its own StageContext (checkpointer included) and the
+            task then reads the folder rank 0 wrote. The subprocess is a fresh interpreter (exec,
+            not fork), so no CUDA state is inherited from the flow's process.
 """
 from __future__ import annotations
 
@@ -14,26 +15,24 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.artifacts import read_metrics
 from pipeline.config import RunConfig
 from pipeline.errors import UlmfitError
 
 ERROR_PREFIX = "ulmfit: error: "
 
 
-def run_stage(stage: str, cfg: RunConfig, upstream: str | None, out_dir: str, cache_key: str) -> dict:
-    """Run one stage and return {stage, path, metrics}."""
+def launch(stage: str, cfg: RunConfig, upstream: str | None, out_dir: str, cache_key: str) -> None:
+    """Run one stage into `out_dir`, resuming from its epoch checkpoints if a previous try left some."""
     if cfg.nproc == 1:
-        from pipeline.launch import run_stage as run_here
+        from pipeline.stages.context import make_context
+        from pipeline.stages.registry import run_stage
 
-        res = run_here(stage, cfg, upstream, out_dir, cache_key)
-        return {"stage": res.stage, "path": res.path, "metrics": res.metrics}
+        run_stage(make_context(stage, cfg, out_dir, upstream, cache_key, resumable=True))
+        return
     with tempfile.TemporaryDirectory(prefix="ulmfit-launch-") as tmp:
-        cfg_path = Path(tmp) / "config.json"
+        cfg_path = Path(tmp) / "config.json"  # the process boundary: the workers validate it again
         cfg_path.write_text(cfg.model_dump_json())
         _torchrun(torchrun_command(stage, cfg.nproc, cfg_path, upstream, out_dir, cache_key))
-    path = str(Path(out_dir).expanduser().resolve())
-    return {"stage": stage, "path": path, "metrics": read_metrics(Path(path))}
 
 
 def torchrun_command(stage: str, nproc: int, cfg_path: Path, upstream: str | None, out_dir: str,

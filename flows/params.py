@@ -12,9 +12,14 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Preset = Literal["smoke", "cpu", "full"]
-BackboneName = Literal["awd_lstm", "gpt", "bert"]
-StageName = Literal["pretrain", "adapt", "classify"]
+from pipeline.backbones import REGISTRY as BACKBONES
+from pipeline.config import available_presets
+from pipeline.stages.registry import stage_names
+
+# The UI's dropdowns: read from the presets folder and the registries when the flows are imported.
+Preset = Literal[tuple(available_presets())]
+BackboneName = Literal[tuple(BACKBONES)]
+StageName = Literal[stage_names()]
 Schedule = Literal["one_cycle", "stlr"]
 
 

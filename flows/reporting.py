@@ -21,6 +21,7 @@ from prefect.context import FlowRunContext, TaskRunContext
 
 from pipeline.artifacts import read_metrics
 from pipeline.config import RunConfig
+from pipeline.stages.registry import get_stage
 
 log = logging.getLogger("ulmfit")
 EPOCH_LINE = re.compile(r"^(\S+) epoch (\d+)/(\d+): ")  # EpochLog's end-of-epoch line (heartbeats are indented)
@@ -58,14 +59,6 @@ def report_stage(stage: str, path: str, state: str) -> None:
                              description=f"{stage} card ({label}); {folder}")
 
 
-def total_epochs(stage: str, cfg: RunConfig) -> int:
-    if stage == "pretrain":
-        return cfg.pretrain.epochs
-    if stage == "adapt":
-        return cfg.adapt.frozen_epochs + cfg.adapt.epochs
-    return sum(cfg.classify.epochs_per_phase)
-
-
 class EpochProgress(logging.Handler):
     """Counts EpochLog's end-of-epoch lines and moves a Prefect progress artifact."""
 
@@ -92,9 +85,10 @@ def stage_progress(stage: str, cfg: RunConfig) -> Iterator[None]:
     if not _in_run():
         yield
         return
+    total = get_stage(stage).epochs(cfg)
     artifact_id = create_progress_artifact(progress=0.0, key=f"{stage}-progress",
-                                           description=f"{stage}: epochs finished / {total_epochs(stage, cfg)}")
-    handler = EpochProgress(artifact_id, total_epochs(stage, cfg))
+                                           description=f"{stage}: epochs finished / {total}")
+    handler = EpochProgress(artifact_id, total)
     logger = logging.getLogger("ulmfit")
     logger.addHandler(handler)
     try:

@@ -1,58 +1,74 @@
-"""The ULMFiT flow: pretrain -> adapt -> classify, each a cached Prefect task."""
+"""The ULMFiT flow: every stage of `pipeline.stages.registry` (pretrain -> adapt -> classify), in
+order, through one generic Prefect task.
+
+Caching is the flow's own (`pipeline.store`), not Prefect's: a stage whose folder in this run
+directory already holds its key's output, or whose key the stage store holds (linked into this
+folder), is not run again and its task run ends in the state `Cached`. Prefect only shows it.
+"""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional
 
 from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
 
-from flows.caching import cache_key_fn, needs_refresh, stage_key
+from flows.launching import launch  # in process, or under torchrun when cfg.nproc > 1
 from flows.params import (AdaptSettings, BackboneName, ClassifySettings, Preset, PretrainSettings, StageName,
                           typed_overrides)
 from flows.reporting import report_stage, stage_progress
-from pipeline.backbones import REGISTRY
-from pipeline.checkpoint import resumable
-from pipeline.config import STAGES, RunConfig, load_config, validate_config
-from pipeline.errors import ConfigError
+from pipeline.artifacts import read_metrics
+from pipeline.config import RunConfig, load_config
 from pipeline.locking import run_dir_lock
-from flows.launching import run_stage  # in process, or under torchrun when cfg.nproc > 1
+from pipeline.stages.registry import REGISTRY, depends_on, stage_folders
+from pipeline.store import keep, restore, stage_key
 
 
-def _task_options(name: str):
-    return dict(name=name, cache_key_fn=cache_key_fn, persist_result=True, cache_expiration=None,
-                retries=0, log_prints=True)
+@task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE, persist_result=False, retries=0,
+      log_prints=True)
+def stage_task(stage: str, cfg: RunConfig, out_dir: str, upstream: Optional[str], cache_key: str,
+               force: bool = False) -> dict:
+    """Run one stage into `out_dir`, unless that folder holds (or the stage store gives it) the
+    stage's output for `cache_key`. Per-epoch checkpoints go to `<out_dir>.partial/` (resume after
+    a crash); the UI gets a progress artifact."""
+    folder = Path(out_dir)
+    if not force and restore(folder, cache_key, cfg):
+        return Completed(name="Cached", data=_result(stage, folder), message=f"{stage}: {cache_key} from the cache")
+    with stage_progress(stage, cfg):
+        launch(stage, cfg, upstream, out_dir, cache_key)
+    keep(folder, cache_key, cfg)
+    return _result(stage, folder)
 
 
-# Each task: per-epoch checkpoints in <out_dir>.partial/ (resume after a crash) and a UI progress artifact.
-@task(**_task_options("pretrain"))
-def pretrain_task(cfg_json: str, out_dir: str, cache_key: str) -> dict:
-    cfg = validate_config(json.loads(cfg_json))
-    with resumable(out_dir, cache_key), stage_progress("pretrain", cfg):
-        return run_stage("pretrain", cfg, None, out_dir, cache_key)
+def _result(stage: str, folder: Path) -> dict:
+    return {"stage": stage, "path": str(folder), "metrics": read_metrics(folder)}
 
 
-@task(**_task_options("adapt"))
-def adapt_task(cfg_json: str, upstream: str, out_dir: str, cache_key: str) -> dict:
-    cfg = validate_config(json.loads(cfg_json))
-    with resumable(out_dir, cache_key), stage_progress("adapt", cfg):
-        return run_stage("adapt", cfg, upstream, out_dir, cache_key)
+def run_stages(cfg: RunConfig, folders: dict[str, Path], rerun: Optional[str] = None) -> dict:
+    """Every registered stage in order, each in its folder and reading its upstream's folder.
+    `rerun` recomputes that stage and every stage that builds on it."""
+    summary = {}
+    for name, stage in REGISTRY.items():
+        folder = Path(folders[name])
+        upstream = Path(folders[stage.upstream]) if stage.upstream else None
+        key = stage_key(name, cfg, upstream)
+        start = time.perf_counter()
+        state = stage_task(name, cfg, str(folder), str(upstream) if upstream else None, key,
+                           force=rerun is not None and depends_on(name, rerun), return_state=True)
+        result = state.result()  # re-raises the stage's error
+        summary[name] = {**result, "state": state.name, "seconds": time.perf_counter() - start}
+        report_stage(name, result["path"], state.name)
+    return summary
 
 
-@task(**_task_options("classify"))
-def classify_task(cfg_json: str, upstream: str, out_dir: str, cache_key: str) -> dict:
-    cfg = validate_config(json.loads(cfg_json))
-    with resumable(out_dir, cache_key), stage_progress("classify", cfg):
-        return run_stage("classify", cfg, upstream, out_dir, cache_key)
-
-
-TASKS = {"pretrain": pretrain_task, "adapt": adapt_task, "classify": classify_task}
-
-
-def _forced(stage: str, rerun: Optional[str]) -> bool:
-    """--rerun STAGE recomputes that stage and everything downstream of it."""
-    return rerun is not None and STAGES.index(stage) >= STAGES.index(rerun)
+def run_in_folder(cfg: RunConfig, out_dir: str | Path, rerun: Optional[str] = None) -> dict:
+    """The stages in `<out_dir>/<stage>/`, under the run directory's lock (a second run on the same
+    folder fails fast)."""
+    run_dir = Path(out_dir).expanduser().resolve()
+    with run_dir_lock(run_dir):
+        return run_stages(cfg, stage_folders(run_dir), rerun)
 
 
 @flow(name="ulmfit", log_prints=True, persist_result=True)
@@ -72,32 +88,11 @@ def ulmfit_flow(preset: Preset = "cpu", backbone: Optional[BackboneName] = None,
         rerun: Recompute this stage and the ones after it even if cached.
         out_dir: Run directory (default: runs/PRESET, relative to where the flow runs).
     """
-    if backbone and backbone not in REGISTRY:
-        raise ConfigError(f"backbone {backbone!r} is not available in this version; available: {', '.join(sorted(REGISTRY))}")
     cfg = load_config(preset, typed_overrides(backbone, pretrain, adapt, classify) + list(overrides or []))
-    return run_stages(cfg, out_dir or f"runs/{preset}", rerun)
+    return run_in_folder(cfg, out_dir or f"runs/{preset}", rerun)
 
 
-def run_stages(cfg: RunConfig, out_dir: str, rerun: Optional[str] = None, stage_dirs: Optional[dict] = None) -> dict:
-    """Run the stages under the run directory's lock: a second run on the same folder fails fast.
-    `stage_dirs` (stage -> folder) lets runs share stage folders (compare); `out_dir` is then what is locked."""
-    run_dir = Path(out_dir).expanduser().resolve()
-    with run_dir_lock(run_dir):
-        return _run_locked(cfg, run_dir, rerun, stage_dirs)
-
-
-def _run_locked(cfg: RunConfig, run_dir: Path, rerun: Optional[str], stage_dirs: Optional[dict]) -> dict:
-    cfg_json, upstream, summary = cfg.model_dump_json(), None, {}
-    for stage in STAGES:
-        target = str(Path(stage_dirs[stage]).resolve()) if stage_dirs else str(run_dir / stage)
-        key = stage_key(stage, cfg, upstream)
-        refresh = _forced(stage, rerun) or needs_refresh(target, key)
-        stage_task = TASKS[stage].with_options(refresh_cache=refresh)
-        args = (cfg_json, target, key) if upstream is None else (cfg_json, upstream, target, key)
-        start = time.perf_counter()
-        state = stage_task(*args, return_state=True)
-        result = state.result()  # re-raises the stage's error
-        summary[stage] = {**result, "state": state.name, "seconds": time.perf_counter() - start}
-        report_stage(stage, result["path"], state.name)
-        upstream = result["path"]
-    return summary
+@flow(name="ulmfit", log_prints=True, persist_result=True)
+def ulmfit_config_flow(config: RunConfig, out_dir: str, rerun: Optional[StageName] = None) -> dict:
+    """The same flow for a config that is already resolved and validated (what `ulmfit run` passes)."""
+    return run_in_folder(config, out_dir, rerun)

@@ -1,7 +1,8 @@
 """Self-describing stage artifacts, written atomically.
 
 A stage folder holds:
-    model.pt       {"state_dict", "config", "vocab", "backbone", "kind", ...} - torch.load(weights_only=True)
+    model.pt       a `ModelFile`: weights, vocabulary, tokenizer, architecture, the stage's config
+                   (and a classifier's classes and data samples) - torch.load(weights_only=True)
     metrics.json   headline numbers
     history.csv    one row per epoch
     card.md        a short human-readable summary (history.png: loss curves, referenced from it)
@@ -18,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -74,7 +76,7 @@ _HASHED: dict[tuple, str] = {}
 
 def _cached_sha256(path: Path) -> str:
     st = path.stat()
-    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)  # a hard link to a hashed file is not read again
     if key not in _HASHED:
         _HASHED[key] = sha256_file(path)
     return _HASHED[key]
@@ -99,7 +101,7 @@ def verify_folder(folder: Path, names: list[str] | None = None) -> dict:
     return manifest
 
 
-def write_stage(target: Path, *, model: dict[str, Any], metrics: dict, history: pd.DataFrame,
+def write_stage(target: Path, *, model: "ModelFile", metrics: dict, history: pd.DataFrame,
                 card: str, cache_key: str = "", extra_files: dict[str, bytes] | None = None) -> Path:
     """Write a complete stage folder atomically and return its path.
 
@@ -113,7 +115,7 @@ def write_stage(target: Path, *, model: dict[str, Any], metrics: dict, history: 
 
 def _write_folder(target: Path, model, metrics, history, card, cache_key, extra_files) -> None:
     with atomic_dir(target) as tmp:
-        torch.save(model, tmp / MODEL_FILE)
+        model.save(tmp / MODEL_FILE)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
         history.to_csv(tmp / "history.csv", index=False)
         (tmp / "card.md").write_text(card)
@@ -152,8 +154,63 @@ def fingerprint(folder: Path) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
-def load_model_file(folder: Path, expect_kind: str | None = None) -> dict[str, Any]:
-    """Load model.pt safely (weights_only) and check it is the kind of artifact expected."""
+def read_metrics(folder: Path) -> dict:
+    path = Path(folder) / "metrics.json"
+    if not path.exists():
+        raise ArtifactError(f"{folder}: no metrics.json")
+    return json.loads(path.read_text())
+
+
+# --- model.pt ---------------------------------------------------------------------------------
+
+MODEL_FORMAT = 1  # bump when ModelFile's fields change meaning; older or newer files are refused
+MODEL_KINDS = ("lm", "classifier")
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """The one schema of model.pt, written by every stage and read by stages, predict and notebooks."""
+
+    kind: str  # "lm" or "classifier"
+    stage: str  # the stage that wrote it
+    backbone: str  # pipeline.backbones registry name
+    arch: dict  # the backbone's architecture description (what build_lm / build_classifier take)
+    config: dict  # pipeline.config.stage_config: seed, model, tokenizer and the stage's own section
+    state_dict: dict  # parameter name -> CPU tensor
+    vocab: list  # token strings, in id order
+    tokenizer: dict  # pipeline.text encoder state
+    classes: list = field(default_factory=list)  # classifier: label names in output order
+    samples: dict = field(default_factory=dict)  # classifier: row indices of its train / valid / test samples
+    data_dir: str | None = None  # classifier: the data folder those rows were read from
+
+    def save(self, path: Path) -> None:
+        # Plain types only (weights_only loading); arch and config are JSON text, whatever they hold.
+        blob = {f.name: getattr(self, f.name) for f in fields(self)}
+        torch.save(blob | {"format": MODEL_FORMAT, "arch": json.dumps(self.arch, default=str),
+                           "config": json.dumps(self.config, default=str)}, path)
+
+    @classmethod
+    def from_blob(cls, blob: Any, path: Path) -> "ModelFile":
+        if not isinstance(blob, dict) or "state_dict" not in blob:
+            raise ArtifactError(f"{path}: not a ulmfit-flow model file")
+        if blob.get("format") != MODEL_FORMAT:
+            raise ArtifactError(f"{path}: model file format {blob.get('format')!r}, this version reads "
+                                f"{MODEL_FORMAT}; rerun the stage to rewrite it")
+        names = {f.name for f in fields(cls)}
+        try:
+            known = {k: v for k, v in blob.items() if k in names}
+            model = cls(**known | {"arch": json.loads(blob["arch"]), "config": json.loads(blob["config"])})
+        except (TypeError, KeyError, json.JSONDecodeError) as err:
+            raise ArtifactError(f"{path}: malformed model file ({err})") from None
+        weights = model.state_dict if isinstance(model.state_dict, dict) else {"": None}
+        if (model.kind not in MODEL_KINDS or not isinstance(model.vocab, list)
+                or not all(isinstance(v, torch.Tensor) for v in weights.values())):
+            raise ArtifactError(f"{path}: malformed model file (its kind, vocabulary or weights)")
+        return model
+
+
+def load_model_file(folder: Path, expect_kind: str | None = None) -> ModelFile:
+    """Load model.pt safely (weights_only) after checking it against the manifest, and check its kind."""
     path = Path(folder) / MODEL_FILE
     if not path.exists():
         raise ArtifactError(f"{folder}: no {MODEL_FILE}; is this a stage folder of a ulmfit run?")
@@ -162,15 +219,12 @@ def load_model_file(folder: Path, expect_kind: str | None = None) -> dict[str, A
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated / corrupted / foreign pickles
         raise ArtifactError(f"{path}: cannot be loaded safely ({type(err).__name__}: {err})") from None
-    if not isinstance(blob, dict) or "state_dict" not in blob:
-        raise ArtifactError(f"{path}: not a ulmfit-flow model file")
-    if expect_kind and blob.get("kind") != expect_kind:
-        raise ArtifactError(f"{path}: holds a {blob.get('kind')!r} model, expected {expect_kind!r}")
-    return blob
+    model = ModelFile.from_blob(blob, path)
+    if expect_kind and model.kind != expect_kind:
+        raise ArtifactError(f"{path}: holds a {model.kind!r} model, expected {expect_kind!r}")
+    return model
 
 
-def read_metrics(folder: Path) -> dict:
-    path = Path(folder) / "metrics.json"
-    if not path.exists():
-        raise ArtifactError(f"{folder}: no metrics.json")
-    return json.loads(path.read_text())
+def cpu_state(model: torch.nn.Module) -> dict:
+    """A detached CPU copy of a module's weights (what ModelFile.state_dict holds)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

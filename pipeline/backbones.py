@@ -1,6 +1,7 @@
 """Backbone registry (in the spirit of fastai's `_model_meta`).
 
-Each entry says how to describe an architecture ("arch": a plain dict stored in model.pt),
+Each entry owns its size model (the config's `[model.<name>]` section), and says how to
+describe an architecture ("arch": a plain dict stored in model.pt),
 build the language model and the classifier from it, split each into layer groups (for
 discriminative LRs and gradual unfreezing), which LM weights are indexed by vocabulary row
 (for embedding transfer), how LM weights seed the classifier's encoder, which callbacks the
@@ -13,10 +14,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
+from pydantic import BaseModel, Field
 from torch import nn
 
 from pipeline import hf_backbones as hf
-from pipeline.config import ClassifyConfig, ModelConfig
+from pipeline.config import ClassifyConfig, ModelConfig, SizeSection
 from pipeline.errors import ConfigError
 
 
@@ -24,6 +26,7 @@ from pipeline.errors import ConfigError
 class Backbone:
     name: str
     description: str
+    sizes: Optional[type[BaseModel]]  # its size section, `[model.<name>]` in the config (None: no settings)
     objective: str  # "causal" (next token) or "masked" (BERT's masked tokens): names the perplexity reported
     make_arch: Callable[[int, ModelConfig, object], dict]  # (vocab size, model config, specials) -> arch
     build_lm: Callable[[dict], nn.Module]
@@ -61,8 +64,16 @@ def with_vocab(arch: dict, vocab_sz: int) -> dict:
 
 # --- AWD-LSTM (fastai) -----------------------------------------------------------------------
 
+class AwdLstmConfig(SizeSection):
+    """Size section of the AWD-LSTM backbone (`[model.awd_lstm]`)."""
+
+    emb_sz: int = Field(400, gt=0, description="Embedding size.")
+    n_hid: int = Field(1152, gt=0, description="Hidden size of each recurrent layer.")
+    n_layers: int = Field(3, gt=0, description="Number of recurrent layers.")
+
+
 def _awd_arch(vocab_sz: int, model: ModelConfig, specials) -> dict:
-    sizes = model.awd_lstm
+    sizes = model.sizes()
     return {"vocab_size": vocab_sz, "emb_sz": sizes.emb_sz, "n_hid": sizes.n_hid, "n_layers": sizes.n_layers,
             "drop_mult": model.drop_mult}
 
@@ -133,6 +144,7 @@ def _masked_lm_callbacks(vocab_sz: int, specials, seed: int) -> list:
 register(Backbone(
     name="awd_lstm",
     description="fastai AWD-LSTM (Merity et al.), the ULMFiT backbone; BPT3C classifier with concat pooling",
+    sizes=AwdLstmConfig,
     objective="causal",
     make_arch=_awd_arch,
     build_lm=_awd_lm,
@@ -149,6 +161,7 @@ register(Backbone(
 register(Backbone(
     name="gpt",
     description="GPT-2-style causal transformer (HF transformers, from a config); chunked classifier, concat pooling",
+    sizes=hf.TransformerConfig,
     objective="causal",
     make_arch=hf.gpt_arch,
     build_lm=hf.build_causal_lm,
@@ -166,6 +179,7 @@ register(Backbone(
 register(Backbone(
     name="bert",
     description="BERT-style masked-LM transformer (HF transformers, from a config); 15% masking 80/10/10, mean pooling",
+    sizes=hf.TransformerConfig,
     objective="masked",
     make_arch=hf.bert_arch,
     build_lm=hf.build_masked_lm,

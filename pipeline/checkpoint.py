@@ -7,58 +7,41 @@
                         NumPy, torch, each DataLoader's own generator and LM document order) and the
                         epoch log so far
 
-A stage run inside `resumable(stage_dir, key)` (the flow's tasks do this) finds those files on
-its next run: a finished phase is restored instead of retrained, an unfinished one continues at
-`start_epoch` (fastai skips the done epochs and keeps the one-cycle / STLR schedule position,
-which is a function of the epoch). The folder is removed once the stage folder is written.
-Files are written to a temporary name and renamed, and loaded with `weights_only=True`.
+A stage whose StageContext has a checkpointer (the flow's stages, and every torchrun worker of a
+data-parallel stage) finds those files on its next run: a finished phase is restored instead of
+retrained, an unfinished one continues at `start_epoch` (fastai skips the done epochs and keeps
+the one-cycle / STLR schedule position, which is a function of the epoch). The folder is removed
+once the stage folder is written. Files are written to a temporary name and renamed, and loaded
+with `weights_only=True`.
+
+Under DDP only rank 0 writes. The weights and the optimizer state are the same on every rank;
+the RNG states and each rank's data-loader state (its own shard's document order) are gathered
+into rank 0's file, and on resume each rank restores its own. A checkpoint written with another
+number of processes is not resumed from (the shards differ): the phase starts over.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
 import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from fastai.callback.core import Callback, CancelFitException
 from fastcore.foundation import L
 
+from pipeline import distributed
 from pipeline.errors import ArtifactError
 
 log = logging.getLogger("ulmfit")
-_ACTIVE: contextvars.ContextVar["Checkpointer | None"] = contextvars.ContextVar("ulmfit_checkpointer", default=None)
 
 
 def partial_dir(stage_dir: str | Path) -> Path:
     stage_dir = Path(stage_dir)
     return stage_dir.with_name(f"{stage_dir.name}.partial")
-
-
-def active() -> "Checkpointer | None":
-    return _ACTIVE.get()
-
-
-@contextlib.contextmanager
-def resumable(stage_dir: str | Path, key: str) -> Iterator["Checkpointer"]:
-    """Checkpoint the training inside this block; on success drop the checkpoints, on failure keep them."""
-    ckpt = Checkpointer(partial_dir(stage_dir), key)
-    token = _ACTIVE.set(ckpt)
-    try:
-        yield ckpt
-    except BaseException:
-        if ckpt.folder.exists():
-            log.info("checkpoints kept in %s: rerun the same command to resume", ckpt.folder)
-        raise
-    else:
-        ckpt.clear()
-    finally:
-        _ACTIVE.reset(token)
 
 
 def _plain(obj: Any) -> Any:
@@ -75,6 +58,13 @@ def _plain(obj: Any) -> Any:
         items = [_plain(v) for v in obj]
         return tuple(items) if isinstance(obj, tuple) else items
     return obj
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The model without its DDP wrapper (DDPCallback wraps it for the length of a fit)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def _loader_states(learn) -> list[dict]:
@@ -122,18 +112,29 @@ class Checkpointer:
     def __init__(self, folder: Path, key: str):
         self.folder, self.key = Path(folder), key
         key_file = self.folder / "key.txt"
-        if self.folder.exists() and (not key_file.exists() or key_file.read_text() != key):
+        stale = self.folder.exists() and (not key_file.exists() or key_file.read_text() != key)
+        if stale and distributed.is_rank0():
             log.info("discarding checkpoints in %s: written for other stage inputs", self.folder)
             shutil.rmtree(self.folder, ignore_errors=True)
+        distributed.barrier()  # no rank reads a folder rank 0 is discarding
 
     def path(self, phase: str) -> Path:
         return self.folder / f"{phase}.pt"
 
     def save(self, phase: str, learn, epochs_done: int, n_epochs: int, recorder) -> None:
-        blob = _plain({"phase": phase, "epochs_done": epochs_done, "n_epochs": n_epochs,
-                       "model": learn.model.state_dict(), "opt": learn.opt.state_dict(),
-                       "rng": _rng_state(), "loaders": _loader_states(learn),
-                       "rows": recorder.rows, "batch_losses": recorder.batch_losses})
+        """Every rank calls this at the same epoch end; rank 0 writes, and a failed write stops all ranks."""
+        ranks = distributed.gather_objects(_plain({"rng": _rng_state(), "loaders": _loader_states(learn)}))
+        error = None
+        if distributed.is_rank0():
+            blob = _plain({"phase": phase, "epochs_done": epochs_done, "n_epochs": n_epochs,
+                           "model": _unwrapped(learn.model).state_dict(), "opt": learn.opt.state_dict(), "ranks": ranks,
+                           "rows": recorder.rows, "batch_losses": recorder.batch_losses})
+            error = self._write(phase, blob)
+        error = distributed.broadcast_object(error)
+        if error is not None:
+            raise ArtifactError(error)
+
+    def _write(self, phase: str, blob: dict) -> str | None:
         tmp = self.path(phase).with_suffix(f".tmp-{os.getpid()}")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -144,7 +145,8 @@ class Checkpointer:
             tmp.unlink(missing_ok=True)
             if not any(self.folder.glob("*.pt")):  # nothing worth keeping for a resume
                 shutil.rmtree(self.folder, ignore_errors=True)
-            raise ArtifactError(f"{self.path(phase)}: cannot write checkpoint ({err.strerror or err})") from None
+            return f"{self.path(phase)}: cannot write checkpoint ({err.strerror or err})"
+        return None
 
     def load(self, phase: str, n_epochs: int) -> dict | None:
         path = self.path(phase)
@@ -156,6 +158,10 @@ class Checkpointer:
             log.warning("ignoring unreadable checkpoint %s (%s)", path, type(err).__name__)
             return None
         if blob.get("n_epochs") != n_epochs:
+            return None
+        if len(blob.get("ranks", [])) != distributed.world_size():
+            log.info("%s: written by %d process(es), this run has %d: starting the phase over", path,
+                     len(blob.get("ranks", [])), distributed.world_size())
             return None
         return blob
 
@@ -171,8 +177,9 @@ class Checkpointer:
         opt_state = [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
                      for s in blob["opt"]["state"]]
         learn.opt.load_state_dict({"state": opt_state, "hypers": L(blob["opt"]["hypers"])})
-        _restore_rng(blob["rng"])
-        _restore_loaders(learn, blob["loaders"])
+        mine = blob["ranks"][distributed.rank()]
+        _restore_rng(mine["rng"])
+        _restore_loaders(learn, mine["loaders"])
         recorder.rows[:] = blob["rows"]
         recorder.batch_losses[:] = blob["batch_losses"]
         done = int(blob["epochs_done"])
@@ -183,7 +190,8 @@ class Checkpointer:
         return EpochCheckpoint(self, phase, recorder, start_epoch)
 
     def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if distributed.is_rank0():
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class EpochCheckpoint(Callback):

@@ -1,15 +1,16 @@
 """The LSTM-vs-transformer comparison: a grid of runs and the table and plot they produce.
 
-A cell is (backbone, variant[, label budget]); every cell is an ordinary three-stage run
-whose stage folders are shared wherever the stage would be identical, so a stage is trained
-once per backbone and adding a backbone computes only its own cells:
+A cell is (backbone, variant[, label budget]); every cell is an ordinary run of the stages with
+its own validated config and explicit stage folders, shared wherever the stage would be identical,
+so a stage is trained once per backbone and adding a backbone computes only its own cells (the
+stage store, `pipeline.store`, gives a cell any stage another compare or run already computed):
 
     out/gpt/pretrain          <- full, no_adapt          (trained on WikiText)
     out/gpt/pretrain-none     <- no_pretrain             (pretrain.epochs=0: random weights)
     out/gpt/adapt             <- full
     out/gpt/adapt-none        <- no_adapt                (adapt epochs 0: stage-1 weights, target vocab)
     out/gpt/adapt-from-random <- no_pretrain
-    out/gpt/classify-<variant>[-<n>labels]
+    out/gpt/classify-<variant>[-<n>labels]     (and so for any stage registered after classify)
 """
 from __future__ import annotations
 
@@ -21,17 +22,20 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.artifacts import atomic_dir, read_metrics
+from pipeline.cards import frame_table
 from pipeline.config import RunConfig, load_config
 from pipeline.errors import ConfigError
-from pipeline.stages.common import frame_to_markdown
+from pipeline.stages.registry import stage_names
 
 VARIANTS = {
     "full": [],
     "no_pretrain": ["pretrain.epochs=0"],
     "no_adapt": ["adapt.epochs=0", "adapt.frozen_epochs=0"],
 }
-_DIRS = {"full": ("pretrain", "adapt"), "no_pretrain": ("pretrain-none", "adapt-from-random"),
-         "no_adapt": ("pretrain", "adapt-none")}
+# Folders of the stages a variant changes; every other stage gets a folder per cell.
+_DIRS = {"full": {"pretrain": "pretrain", "adapt": "adapt"},
+         "no_pretrain": {"pretrain": "pretrain-none", "adapt": "adapt-from-random"},
+         "no_adapt": {"pretrain": "pretrain", "adapt": "adapt-none"}}
 COLUMNS = ["backbone", "variant", "n_labels", "params", "pretrain_tokens_per_sec", "adapt_tokens_per_sec",
            "pretrain_perplexity", "adapt_perplexity", "objective", "test_accuracy", "test_size",
            "pretrain_seconds", "adapt_seconds", "classify_seconds"]
@@ -43,7 +47,7 @@ class Cell:
     variant: str
     n_labels: int | None
     config: RunConfig
-    stage_dirs: dict
+    folders: dict[str, Path]  # stage name -> its folder
 
     @property
     def name(self) -> str:
@@ -65,16 +69,18 @@ def grid(preset: str, backbones: list[str], variants: list[str], n_labels: list[
             for n in n_labels or [None]:
                 extra = VARIANTS[variant] + ([f"classify.n_labels={n}"] if n else [])
                 cfg = load_config(preset, list(overrides) + [f"model.backbone={backbone}"] + extra)
-                pre, ada = _DIRS[variant]
-                cla = f"classify-{variant}" + (f"-{n}labels" if n else "")
-                dirs = {"pretrain": out / backbone / pre, "adapt": out / backbone / ada, "classify": out / backbone / cla}
-                cells.append(Cell(backbone, variant, n, cfg, {k: str(v) for k, v in dirs.items()}))
+                cells.append(Cell(backbone, variant, n, cfg, _folders(out / backbone, variant, n)))
     return cells
+
+
+def _folders(root: Path, variant: str, n_labels: int | None) -> dict[str, Path]:
+    own = f"-{variant}" + (f"-{n_labels}labels" if n_labels else "")
+    return {stage: root / _DIRS[variant].get(stage, stage + own) for stage in stage_names()}
 
 
 def cell_row(cell: Cell) -> dict:
     """One table row, read from the cell's stage artifacts (so cached cells report their real numbers)."""
-    pre, ada, cla = (read_metrics(Path(cell.stage_dirs[s])) for s in ("pretrain", "adapt", "classify"))
+    pre, ada, cla = (read_metrics(cell.folders[s]) for s in ("pretrain", "adapt", "classify"))
     return {"backbone": cell.backbone, "variant": cell.variant, "n_labels": cla["n_labels"],
             "params": pre["params"], "pretrain_tokens_per_sec": pre["train_tokens_per_sec"],
             "adapt_tokens_per_sec": ada["train_tokens_per_sec"], "pretrain_perplexity": pre["valid_perplexity"],
@@ -116,7 +122,7 @@ def markdown(table: pd.DataFrame) -> str:
     shown["test_accuracy"] = (100 * shown["test_accuracy"]).round(2)
     shown["pretrain_perplexity"] = shown["pretrain_perplexity"].round(1)
     shown["adapt_perplexity"] = shown["adapt_perplexity"].round(1)
-    return frame_to_markdown(shown.rename(columns={"test_accuracy": "test_accuracy_%"}))
+    return frame_table(shown.rename(columns={"test_accuracy": "test_accuracy_%"}))
 
 
 def write_report(out_dir: str | Path, rows: list[dict], command: str = "") -> Path:

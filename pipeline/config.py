@@ -10,12 +10,12 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from pipeline.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
-STAGES = ("pretrain", "adapt", "classify")
 
 
 class _Frozen(BaseModel):
@@ -23,39 +23,57 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=False, validate_default=True)
 
 
-class AwdLstmConfig(_Frozen):
-    emb_sz: int = Field(400, gt=0, description="Embedding size.")
-    n_hid: int = Field(1152, gt=0, description="Hidden size of each recurrent layer.")
-    n_layers: int = Field(3, gt=0, description="Number of recurrent layers.")
-
-
-class TransformerConfig(_Frozen):
-    d_model: int = Field(512, gt=0, description="Hidden size (embedding size).")
-    n_layers: int = Field(6, gt=0, description="Transformer blocks.")
-    n_heads: int = Field(8, gt=0, description="Attention heads; must divide d_model.")
-    d_ff: int = Field(2048, gt=0, description="Feed-forward inner size.")
-    max_positions: int = Field(512, gt=1, description="Longest sequence the position embeddings cover (>= every bptt).")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout (times model.drop_mult) on attention, residuals and embeddings.")
-
-    @model_validator(mode="after")
-    def _heads_divide(self):
-        if self.d_model % self.n_heads:
-            raise ValueError(f"n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
-        return self
+class SizeSection(_Frozen):
+    """Base of a backbone's size model: its `[model.<backbone>]` section, owned by its registry entry."""
 
 
 class ModelConfig(_Frozen):
-    """The backbone is one setting; each backbone has its own size section (only the chosen one is used)."""
+    """The backbone is one setting. Each backbone's registry entry (pipeline.backbones) owns a size
+    model, so the config has one section per registered backbone, `[model.<name>]` in a preset or
+    `--set model.<name>.<field>=...`; only the chosen backbone's section is used."""
 
-    backbone: str = Field("awd_lstm", description="Backbone registry entry: awd_lstm, gpt (causal transformer) or bert (masked-LM transformer).")
+    model_config = ConfigDict(frozen=True, extra="allow", strict=False, validate_default=True)
+
+    backbone: str = Field("awd_lstm", description="Backbone registry entry (pipeline.backbones): awd_lstm, gpt (causal transformer), bert (masked-LM transformer), ...")
     drop_mult: float = Field(1.0, ge=0, description="Multiplier applied to every dropout of the backbone.")
-    awd_lstm: AwdLstmConfig = AwdLstmConfig()
-    gpt: TransformerConfig = TransformerConfig()
-    bert: TransformerConfig = TransformerConfig()
 
-    def sizes(self) -> _Frozen | None:
+    @model_validator(mode="before")
+    @classmethod
+    def _size_sections(cls, data: Any) -> Any:
+        """Validate a section per registered backbone (defaults where absent); refuse any other key."""
+        if not isinstance(data, dict):
+            return data
+        from pipeline.backbones import REGISTRY  # the registry imports this module
+
+        own = set(cls.model_fields)
+        unknown = sorted(k for k in data if k not in own and (k not in REGISTRY or REGISTRY[k].sizes is None))
+        if unknown:
+            raise PydanticCustomError("model_section", "unknown key(s) {keys}; backbones with size sections: {known}",
+                                      {"keys": unknown, "known": sorted(n for n, b in REGISTRY.items() if b.sizes)})
+        out, problems = {k: v for k, v in data.items() if k in own}, []
+        for name, backbone in REGISTRY.items():
+            if backbone.sizes is None:
+                continue
+            try:
+                out[name] = backbone.sizes.model_validate(data.get(name, {}))
+            except ValidationError as err:
+                problems += [".".join([name, *map(str, e["loc"])]) + f": {e['msg']}" for e in err.errors()]
+        if problems:
+            raise PydanticCustomError("backbone_sizes", "{problems}", {"problems": problems})
+        return out
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        from pipeline.backbones import REGISTRY
+
+        if name not in REGISTRY:
+            raise ValueError(f"unknown backbone {name!r}; available: {', '.join(sorted(REGISTRY))}")
+        return name
+
+    def sizes(self) -> BaseModel | None:
         """The chosen backbone's size section (None for a backbone that has none)."""
-        return getattr(self, self.backbone, None)
+        return (self.model_extra or {}).get(self.backbone)
 
     def used(self) -> dict:
         """What results depend on: the backbone name, drop_mult and only the chosen backbone's sizes."""
@@ -140,7 +158,8 @@ class RunConfig(_Frozen):
     seed: int = Field(42, description="Random seed for sampling and initialisation.")
     nproc: int = Field(1, ge=1, description="Data-parallel processes per stage (torchrun + DDP; one per GPU, gloo on CPU). Batch sizes stay global (split over the processes). Not part of cache keys.")
     compile: bool = Field(False, description="torch.compile the gpt/bert backbones on CUDA (ignored on CPU and for awd_lstm). Not part of cache keys.")
-    model: ModelConfig = ModelConfig()
+    # a factory: ModelConfig's validation reads the backbone registry, which imports this module
+    model: ModelConfig = Field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = TokenizerConfig()
     pretrain: PretrainConfig = PretrainConfig()
     adapt: AdaptConfig = AdaptConfig()
@@ -149,9 +168,9 @@ class RunConfig(_Frozen):
     @model_validator(mode="after")
     def _batches_split(self):
         # Batch sizes are global and split evenly over the nproc processes (see pipeline.distributed).
-        for name in STAGES:
-            bs = getattr(self, name).bs
-            if bs % self.nproc:
+        for name, section in self:
+            bs = getattr(section, "bs", None)
+            if bs is not None and bs % self.nproc:
                 raise ValueError(f"{name}.bs={bs} is not divisible by nproc={self.nproc}")
         return self
 
@@ -196,16 +215,26 @@ def validate_config(tree: dict) -> RunConfig:
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in err.errors()
-        )
-        raise ConfigError(f"invalid configuration: {problems}") from None
+        raise ConfigError(f"invalid configuration: {'; '.join(_problems(err))}") from None
+
+
+def _problems(err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "config"
+        if e["type"] == "backbone_sizes":  # each problem already names its field inside the section
+            out += [f"{where}.{problem}" for problem in e["ctx"]["problems"]]
+        else:
+            out.append(f"{where}: {e['msg']}")
+    return out
 
 
 def stage_config(cfg: RunConfig, stage: str) -> dict:
-    """What a stage's result depends on (its cache key input): its own section plus the model,
-    tokenizer settings and seed. Worker counts, paths, nproc and compile are left out: they change
-    how fast a stage runs, not what it computes (up to floating-point and batch-sharding noise)."""
+    """What a stage's result depends on (its cache key input): its own section (the RunConfig section
+    named after it, if any) plus the model, tokenizer settings and seed. Worker counts, paths, nproc
+    and compile are left out: they change how fast a stage runs, not what it computes (up to
+    floating-point and batch-sharding noise)."""
     tok = cfg.tokenizer.model_dump(exclude={"n_workers"})
+    section = getattr(cfg, stage, None)
     return {"stage": stage, "seed": cfg.seed, "model": cfg.model.used(),
-            "tokenizer": tok, stage: getattr(cfg, stage).model_dump()}
+            "tokenizer": tok, stage: section.model_dump() if isinstance(section, BaseModel) else None}

@@ -1,7 +1,8 @@
 """Data-parallel training over N processes with plain torch.distributed (DDP).
 
 A stage runs distributed when it is launched by `torchrun` (which sets RANK, WORLD_SIZE and
-LOCAL_RANK); `pipeline.launch` calls `init()` once, and everything else asks `world_size()`.
+LOCAL_RANK); `pipeline.launch` calls `init()` once, and everything else asks the process group
+(`group()`, `rank()`, `world_size()`).
 We do not use fastai's DistributedTrainer: it needs `accelerate` and fastai's issues report
 bugs with language models. What DDP needs from us:
 
@@ -13,7 +14,8 @@ bugs with language models. What DDP needs from us:
 - global metrics: every rank validates on the whole held-out set with the same (synchronised)
   weights, so validation metrics are global by construction; the training loss in the history
   is all-reduced across ranks;
-- one writer: only rank 0 writes artifacts (`pipeline.artifacts.write_stage`), the others wait.
+- one writer: only rank 0 writes artifacts (`pipeline.artifacts.write_stage`) and epoch checkpoints
+  (`pipeline.checkpoint`), the others wait.
 
 This module imports only torch (artifacts and the flow import it; fastai stays out of their way).
 """
@@ -30,12 +32,9 @@ from pipeline.errors import ConfigError
 log = logging.getLogger("ulmfit")
 
 
-def world_size() -> int:
+def _launched_world_size() -> int:
+    """The process count torchrun launched (its WORLD_SIZE): what `init` joins."""
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
 
 
 def local_rank() -> int:
@@ -51,11 +50,12 @@ def is_rank0() -> bool:
     return not is_distributed() or dist.get_rank() == 0
 
 
-def init(device_choice: str = "auto") -> None:
-    """Join the process group once (gloo on CPU, nccl on CUDA); a no-op for a single process."""
-    if world_size() <= 1 or dist.is_initialized():
+def init(device: torch.device) -> None:
+    """Join the process group once (gloo on CPU, nccl on CUDA); a no-op for a single process.
+    `device` is the stage's (pipeline.training.pick_device), so both agree on CPU or CUDA."""
+    if _launched_world_size() <= 1 or dist.is_initialized():
         return
-    cuda = device_choice == "cuda" or (device_choice == "auto" and torch.cuda.is_available())
+    cuda = device.type == "cuda"
     if cuda:
         torch.cuda.set_device(local_rank())  # before any CUDA tensor: one GPU per process
     dist.init_process_group(backend="nccl" if cuda else "gloo")
@@ -83,8 +83,34 @@ def all_reduce_sum(values: list[float]) -> list[float]:
 
 
 def group() -> tuple[int, int]:
-    """(rank, world size) of the process group; (0, 1) outside one."""
+    """(rank, world size) of the process group; (0, 1) outside one. The one source of both."""
     return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+
+
+def rank() -> int:
+    return group()[0]
+
+
+def world_size() -> int:
+    return group()[1]
+
+
+def gather_objects(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank ([obj] for one process)."""
+    if not is_distributed():
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank (`obj` itself for one process)."""
+    if not is_distributed():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
 
 
 def per_rank_batch(bs: int, n: int | None = None) -> int:

@@ -21,12 +21,30 @@ from __future__ import annotations
 import os
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
-from pipeline.config import ClassifyConfig, ModelConfig
+from pipeline.config import ClassifyConfig, ModelConfig, SizeSection
 from pipeline.errors import ArtifactError, ConfigError
 
 EMBEDDING_NAMES = {"wte", "wpe", "embeddings", "embed_tokens", "embed_positions"}
+
+
+class TransformerConfig(SizeSection):
+    """Size section of a transformer backbone (`[model.gpt]`, `[model.bert]`)."""
+
+    d_model: int = Field(512, gt=0, description="Hidden size (embedding size).")
+    n_layers: int = Field(6, gt=0, description="Transformer blocks.")
+    n_heads: int = Field(8, gt=0, description="Attention heads; must divide d_model.")
+    d_ff: int = Field(2048, gt=0, description="Feed-forward inner size.")
+    max_positions: int = Field(512, gt=1, description="Longest sequence the position embeddings cover (>= every bptt).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout (times model.drop_mult) on attention, residuals and embeddings.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
+        return self
 
 
 def _transformers():
@@ -44,7 +62,8 @@ def config_from_arch(arch: dict):
 
 
 def gpt_arch(vocab_sz: int, model: ModelConfig, specials) -> dict:
-    t, p = model.gpt, model.gpt.dropout * model.drop_mult
+    t = model.sizes()
+    p = t.dropout * model.drop_mult
     cfg = _transformers().GPT2Config(
         vocab_size=vocab_sz, n_embd=t.d_model, n_layer=t.n_layers, n_head=t.n_heads, n_inner=t.d_ff,
         n_positions=t.max_positions, resid_pdrop=p, embd_pdrop=p, attn_pdrop=p,
@@ -53,7 +72,8 @@ def gpt_arch(vocab_sz: int, model: ModelConfig, specials) -> dict:
 
 
 def bert_arch(vocab_sz: int, model: ModelConfig, specials) -> dict:
-    t, p = model.bert, model.bert.dropout * model.drop_mult
+    t = model.sizes()
+    p = t.dropout * model.drop_mult
     cfg = _transformers().BertConfig(
         vocab_size=vocab_sz, hidden_size=t.d_model, num_hidden_layers=t.n_layers, num_attention_heads=t.n_heads,
         intermediate_size=t.d_ff, max_position_embeddings=t.max_positions, hidden_dropout_prob=p,
@@ -99,6 +119,7 @@ def load_masked_lm(path) -> tuple[nn.Module, dict]:
 
 
 def max_positions(arch: dict) -> int | None:
+    """Longest input of an architecture (a config dict; GPT-2 names it n_positions)."""
     return arch.get("n_positions") or arch.get("max_position_embeddings")
 
 
@@ -196,20 +217,15 @@ def classifier_builder(default_pooling: str):
     return build
 
 
-def _positions(model: HFLanguageModel) -> int | None:
-    # HF configs alias max_position_embeddings (GPT-2 stores it as n_positions)
-    return getattr(model.hf.config, "max_position_embeddings", None)
-
-
 @torch.no_grad()
 def causal_next(model: HFLanguageModel, ids: torch.Tensor, specials) -> torch.Tensor:
-    limit = _positions(model) or ids.shape[1]
+    limit = max_positions(vars(model.hf.config)) or ids.shape[1]
     return model(ids[:, -limit:])[0, -1]
 
 
 @torch.no_grad()
 def masked_next(model: HFLanguageModel, ids: torch.Tensor, specials) -> torch.Tensor:
     # A masked LM "generates" by predicting a mask token appended after the prompt.
-    limit = (_positions(model) or ids.shape[1] + 1) - 1
+    limit = (max_positions(vars(model.hf.config)) or ids.shape[1] + 1) - 1
     ids = torch.cat([ids[:, -limit:], ids.new_full((1, 1), specials.mask)], dim=1)
     return model(ids)[0, -1]

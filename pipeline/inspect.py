@@ -1,20 +1,21 @@
 """Read a finished run's artifacts for analysis (the notebooks' only entry point besides `pipeline.predict`).
 
-Plain Python, no Prefect. Everything takes a run directory (the folder holding pretrain/, adapt/,
-classify/) and a stage name, and checks that the stage folder is complete before reading it.
+Plain Python, no Prefect. Everything takes a run directory (the folder holding one folder per
+stage of `pipeline.stages.registry`) and a stage name, and checks that the stage folder is
+complete before reading it.
 
-    load_stage(run, "pretrain")            -> {"metrics", "history", "card", "blob", "path"}
+    load_stage(run, "pretrain")            -> {"metrics", "history", "card", "model", "path"}
     load_language_model(run, "adapt")      -> (model, vocab)
     text_encoder(run, "adapt")             -> the stage's tokenizer + vocabulary (encode / decode)
     embedding_matrix(run, "pretrain")      -> (numpy matrix, vocab)
     nearest_neighbours(run, stage, words)  -> DataFrame word / neighbour / cosine
     next_word_predictions(run, stage, p)   -> DataFrame token / probability
     embedding_shift(run)                   -> DataFrame of words whose vectors moved most in adaptation
+    test_sample(run)                       -> the classifier's test reviews: the rows the stage recorded
     test_predictions(run)                  -> DataFrame of the classifier's test sample with predictions
 """
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,11 +23,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.artifacts import is_complete, load_model_file, read_metrics
+from pipeline.artifacts import ModelFile, is_complete, load_model_file, read_metrics
 from pipeline.errors import ArtifactError
+from pipeline.stages.registry import REGISTRY, stage_names
 
-STAGES = ("pretrain", "adapt", "classify")
-LM_STAGES = ("pretrain", "adapt")
+STAGES = stage_names()
+LM_STAGES = tuple(name for name, stage in REGISTRY.items() if stage.model_kind == "lm")
 COMPARE_FILE = "compare.csv"
 
 
@@ -53,69 +55,66 @@ def stage_dir(run_dir: str | Path, stage: str) -> Path:
     return folder
 
 
-def load_blob(run_dir: str | Path, stage: str) -> dict:
-    return _blob(str(stage_dir(run_dir, stage).resolve()))
+def load_model(run_dir: str | Path, stage: str) -> ModelFile:
+    """The stage's model file (weights, vocabulary, tokenizer, architecture, config)."""
+    return _model(str(stage_dir(run_dir, stage).resolve()))
 
 
 @lru_cache(maxsize=4)
-def _blob(folder: str) -> dict:
+def _model(folder: str) -> ModelFile:
     return load_model_file(Path(folder))
 
 
 def load_stage(run_dir: str | Path, stage: str, with_model: bool = True) -> dict:
-    """A stage's metrics, per-epoch history, card text and (optionally) its model file contents."""
+    """A stage's metrics, per-epoch history, card text and (optionally) its model file."""
     folder = stage_dir(run_dir, stage)
     history = pd.read_csv(folder / "history.csv") if (folder / "history.csv").stat().st_size > 1 else pd.DataFrame()
     return {"path": folder, "metrics": read_metrics(folder), "history": history,
-            "card": (folder / "card.md").read_text(), "blob": load_blob(run_dir, stage) if with_model else None,
+            "card": (folder / "card.md").read_text(), "model": load_model(run_dir, stage) if with_model else None,
             "loss_plot": folder / "history.png"}
 
 
 def run_config(run_dir: str | Path, stage: str) -> dict:
     """The stage's own config as recorded in its model file (seed, model, tokenizer, its section)."""
-    blob = load_blob(run_dir, stage)
-    if "config_json" in blob:
-        return json.loads(blob["config_json"])
-    return {"classify": blob.get("classify_config"), "model": blob.get("model_config")}
+    return load_model(run_dir, stage).config
 
 
 # --- language models ------------------------------------------------------------------------
 
-def _lm_blob(run_dir, stage: str) -> dict:
+def _lm(run_dir, stage: str) -> ModelFile:
     if stage not in LM_STAGES:
         raise ArtifactError(f"{stage!r} holds no language model; use one of {', '.join(LM_STAGES)}")
-    blob = load_blob(run_dir, stage)
-    if blob.get("kind") != "lm":
-        raise ArtifactError(f"{stage_dir(run_dir, stage)}: holds a {blob.get('kind')!r} model, not a language model")
-    return blob
+    model = load_model(run_dir, stage)
+    if model.kind != "lm":
+        raise ArtifactError(f"{stage_dir(run_dir, stage)}: holds a {model.kind!r} model, not a language model")
+    return model
 
 
 def load_language_model(run_dir: str | Path, stage: str = "adapt"):
     """(model in eval mode on CPU, vocabulary) of a pretrain or adapt stage."""
     from pipeline.backbones import get_backbone
-    from pipeline.stages.common import blob_arch
 
-    blob = _lm_blob(run_dir, stage)
-    model = get_backbone(blob["backbone"]).build_lm(blob_arch(blob))
-    model.load_state_dict(blob["state_dict"])
-    return model.eval(), blob["vocab"]
+    lm = _lm(run_dir, stage)
+    model = get_backbone(lm.backbone).build_lm(lm.arch)
+    model.load_state_dict(lm.state_dict)
+    return model.eval(), lm.vocab
 
 
 def text_encoder(run_dir: str | Path, stage: str):
     """The tokenizer + vocabulary a stage was trained with (words or subwords)."""
     from pipeline.text import encoder_from_state
 
-    blob = load_blob(run_dir, stage)
-    return encoder_from_state(blob["tokenizer"], blob["vocab"])
+    model = load_model(run_dir, stage)
+    return encoder_from_state(model.tokenizer, model.vocab)
 
 
 def embedding_matrix(run_dir: str | Path, stage: str = "pretrain") -> tuple[np.ndarray, list[str]]:
     """The input embedding (vocab x dim) and its vocabulary."""
     from pipeline.backbones import get_backbone
 
-    blob = _lm_blob(run_dir, stage)
-    key = get_backbone(blob["backbone"]).vocab_keys[0]
-    return blob["state_dict"][key].float().numpy(), blob["vocab"]
+    lm = _lm(run_dir, stage)
+    key = get_backbone(lm.backbone).vocab_keys[0]
+    return lm.state_dict[key].float().numpy(), lm.vocab
 
 
 def is_word(token: str) -> bool:
@@ -169,7 +168,7 @@ def next_word_predictions(run_dir: str | Path, stage: str, prompt: str, k: int =
     model, vocab = load_language_model(run_dir, stage)
     encoder = text_encoder(run_dir, stage)
     ids = torch.from_numpy(encoder.encode([prompt])[0])[None]
-    logits = get_backbone(load_blob(run_dir, stage)["backbone"]).next_token_logits(model, ids, encoder.specials)
+    logits = get_backbone(load_model(run_dir, stage).backbone).next_token_logits(model, ids, encoder.specials)
     probs = torch.softmax(logits.float(), -1).numpy()[:len(vocab)]
     order = [i for i in np.argsort(-probs) if not vocab[i].startswith("xx")][:k]
     return pd.DataFrame({"token": [vocab[i] for i in order], "probability": [float(probs[i]) for i in order]})
@@ -182,14 +181,14 @@ def generate_text(run_dir: str | Path, stage: str, prompt: str, n_words: int = 2
     from pipeline.lm import generate
 
     model, _ = load_language_model(run_dir, stage)
-    backbone = get_backbone(load_blob(run_dir, stage)["backbone"])
+    backbone = get_backbone(load_model(run_dir, stage).backbone)
     return generate(model, backbone, text_encoder(run_dir, stage), prompt, n_tokens=n_words,
                     temperature=temperature, seed=seed)
 
 
 def vocabulary_summary(run_dir: str | Path, stage: str) -> dict:
     """Counts of real words, special tokens and padding fillers in a stage's vocabulary."""
-    vocab = load_blob(run_dir, stage)["vocab"]
+    vocab = load_model(run_dir, stage).vocab
     fillers = sum(t.startswith("xxfake") for t in vocab)
     specials = sum(t.startswith("xx") for t in vocab) - fillers
     return {"vocab_size": len(vocab), "special_tokens": specials, "padding_fillers": fillers,
@@ -210,15 +209,13 @@ def token_lengths(texts: list[str], run_dir: str | Path, stage: str = "pretrain"
 # --- classifier --------------------------------------------------------------------------------
 
 def test_sample(run_dir: str | Path) -> pd.DataFrame:
-    """The classifier's test sample, rebuilt from its recorded config and the run's seed."""
+    """The classifier's test sample: the rows its model file recorded, read from the run's own data folder."""
     from pipeline.config import ClassifyConfig
-    from pipeline.data import resolve_data_dir
-    from pipeline.stages.classify_data import load_splits
+    from pipeline.stages.classify_data import splits_at
 
-    blob = load_blob(run_dir, "classify")
-    seed = run_config(run_dir, "adapt").get("seed", 42)
-    splits = load_splits(ClassifyConfig(**blob["classify_config"]), resolve_data_dir(None), seed)
-    return splits.test.reset_index(drop=True)
+    model = load_model(run_dir, "classify")
+    cc = ClassifyConfig(**model.config["classify"])
+    return splits_at(cc, Path(model.data_dir), model.samples, model.classes).test.reset_index(drop=True)
 
 
 def test_predictions(run_dir: str | Path, limit: int | None = None) -> pd.DataFrame:

@@ -24,12 +24,13 @@ def classifier_dir(run: str | Path) -> Path:
 
 
 def load_classifier(run: str | Path):
-    blob = load_model_file(classifier_dir(run), expect_kind="classifier")
-    cc = ClassifyConfig(**blob["classify_config"])
-    encoder = encoder_from_state(blob["tokenizer"], blob["vocab"])
-    _, model = build_model(blob, len(blob["classes"]), cc, encoder.specials, load_encoder=False)
-    model.load_state_dict(blob["state_dict"])
-    return model.eval(), blob, encoder
+    """(model in eval mode, its ModelFile, its text encoder) of a run's classify stage."""
+    mf = load_model_file(classifier_dir(run), expect_kind="classifier")
+    cc = ClassifyConfig(**mf.config["classify"])
+    encoder = encoder_from_state(mf.tokenizer, mf.vocab)
+    _, model = build_model(mf, len(mf.classes), cc, encoder.specials, load_encoder=False)
+    model.load_state_dict(mf.state_dict)
+    return model.eval(), mf, encoder
 
 
 @torch.no_grad()
@@ -38,7 +39,7 @@ def predict(run: str | Path, texts: list[str]) -> list[tuple[str, float]]:
     empty = [i for i, t in enumerate(texts) if not t or not t.strip()]
     if empty:
         raise DataError(f"text #{empty[0] + 1} is empty: nothing to classify")
-    model, blob, encoder = load_classifier(run)
+    model, mf, encoder = load_classifier(run)
     results = []
     for doc in encoder.encode(list(texts), "predict"):
         ids = torch.from_numpy(doc)[None]
@@ -47,5 +48,5 @@ def predict(run: str | Path, texts: list[str]) -> list[tuple[str, float]]:
         out = model(ids)
         probs = torch.softmax((out[0] if isinstance(out, tuple) else out)[0].float(), dim=-1)
         best = int(probs.argmax())
-        results.append((blob["classes"][best], float(probs[best])))
+        results.append((mf.classes[best], float(probs[best])))
     return results

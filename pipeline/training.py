@@ -20,7 +20,6 @@ from fastai.optimizer import Adam
 from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
 
-from pipeline import checkpoint
 from pipeline.accel import prepare
 
 log = logging.getLogger("ulmfit")
@@ -110,17 +109,17 @@ def make_learner(dls, model, splitter, callbacks, metrics, wd: float, device: to
     return prepare(learn, device, compile_model)  # GPU precision, torch.compile, DDP: no-ops on one CPU process
 
 
-def fit(learn: Learner, epochs: int, lr, schedule: str, phase: str, recorder: EpochLog) -> None:
+def fit(learn: Learner, epochs: int, lr, schedule: str, phase: str, recorder: EpochLog, ckpt=None) -> None:
     """Train for `epochs` with a one-cycle or slanted-triangular schedule; lr may be a slice.
 
-    Inside `pipeline.checkpoint.resumable` (the flow's stage tasks), each epoch is checkpointed
-    and a rerun after a crash resumes this phase from its last finished epoch.
+    With a checkpointer (the stage context's, `pipeline.checkpoint.Checkpointer`), each epoch is
+    checkpointed and a rerun after a crash resumes this phase from its last finished epoch.
     """
     if epochs <= 0:
         return
     recorder.phase = phase
     cbs, start = [recorder, EpochSeed()], 0
-    if (ckpt := checkpoint.active()) is not None:
+    if ckpt is not None:
         start = ckpt.resume(phase, learn, recorder, epochs)
         if start >= epochs:
             return

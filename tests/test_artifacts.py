@@ -6,13 +6,19 @@ import pytest
 import torch
 
 from pipeline import artifacts
-from pipeline.artifacts import is_complete, load_model_file, read_manifest, verify_folder, write_stage
+from pipeline.artifacts import ModelFile, is_complete, load_model_file, read_manifest, verify_folder, write_stage
 from pipeline.errors import ArtifactError
 
 
-def _stage(folder, key="k1"):
-    model = {"kind": "lm", "state_dict": {"w": torch.arange(1000, dtype=torch.float32)}, "vocab": ["a"]}
-    return write_stage(folder, model=model, metrics={"x": 1.0}, history=pd.DataFrame({"epoch": [0]}),
+def _model(**changes) -> ModelFile:
+    fields = dict(kind="lm", stage="pretrain", backbone="awd_lstm", arch={"vocab_size": 1, "emb_sz": 4},
+                  config={"seed": 3}, state_dict={"w": torch.arange(1000, dtype=torch.float32)}, vocab=["a"],
+                  tokenizer={"kind": "spacy"})
+    return ModelFile(**fields | changes)
+
+
+def _stage(folder, key="k1", model=None):
+    return write_stage(folder, model=model or _model(), metrics={"x": 1.0}, history=pd.DataFrame({"epoch": [0]}),
                        card="# card\n", cache_key=key)
 
 
@@ -25,7 +31,32 @@ def _flip_byte(path, where=0.5):
 def test_intact_stage_loads_and_is_complete(tmp_path):
     folder = _stage(tmp_path / "pretrain")
     assert is_complete(folder, "k1") and not is_complete(folder, "other-key")
-    assert load_model_file(folder, expect_kind="lm")["vocab"] == ["a"]
+    assert load_model_file(folder, expect_kind="lm").vocab == ["a"]
+
+
+def test_model_file_round_trips_every_field(tmp_path):
+    written = _model(kind="classifier", stage="classify", classes=["neg", "pos"],
+                     samples={"train": [3, 1], "valid": [0], "test": [2]}, data_dir="/data")
+    read = load_model_file(_stage(tmp_path / "classify", model=written), expect_kind="classifier")
+    assert {k: v for k, v in vars(read).items() if k != "state_dict"} == \
+        {k: v for k, v in vars(written).items() if k != "state_dict"}
+    assert torch.equal(read.state_dict["w"], written.state_dict["w"])
+    with pytest.raises(ArtifactError, match="holds a 'classifier' model, expected 'lm'"):
+        load_model_file(tmp_path / "classify", expect_kind="lm")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"format": 0}, "format 0, this version reads 1"),
+    ({"kind": "tokenizer"}, "malformed model file"),
+    ({"config": "{not json"}, "malformed model file"),
+    ({"vocab": None, "state_dict": "weights"}, "malformed model file"),
+])
+def test_model_file_of_another_version_or_shape_is_refused(tmp_path, monkeypatch, change, message):
+    real_save = torch.save
+    monkeypatch.setattr(artifacts.torch, "save", lambda blob, path: real_save(blob | change, path))
+    folder = _stage(tmp_path / "pretrain")
+    with pytest.raises(ArtifactError, match=message):
+        load_model_file(folder)
 
 
 @pytest.mark.parametrize("damage", ["flip-middle", "flip-first", "truncate", "empty"])

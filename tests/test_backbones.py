@@ -177,25 +177,27 @@ def test_init_from_seeds_or_skips_stage_one(tmp_path, name, data_dir):
     """A user's local checkpoint replaces the random start; with epochs=0 stage 1 only evaluates it."""
     from pipeline.artifacts import load_model_file
     from pipeline.stages import adapt, pretrain
+    from pipeline.stages.context import make_context
 
     ckpt = tmp_path / "ckpt"
     model, encoder = _tiny_checkpoint(ckpt, name)
     cfg = load_config("smoke", [f"model.backbone={name}", f"pretrain.init_from={ckpt}", "pretrain.epochs=0",
                                 "adapt.max_docs=40", "adapt.frozen_epochs=0"])
-    result = pretrain.run(cfg, tmp_path / "pretrain")
-    blob = load_model_file(result.path, expect_kind="lm")
-    assert blob["vocab"] == encoder.itos and blob["tokenizer"]["kind"] == "pretrained"
+    result = pretrain.run(make_context("pretrain", cfg, tmp_path / "pretrain"))
+    lm = load_model_file(result.path, expect_kind="lm")
+    assert lm.vocab == encoder.itos and lm.tokenizer["kind"] == "pretrained"
     for key, value in model.state_dict().items():
-        assert torch.equal(blob["state_dict"][key], value), key  # untouched: stage 1 was skipped
+        assert torch.equal(lm.state_dict[key], value), key  # untouched: stage 1 was skipped
     assert result.metrics["init_from"] == str(ckpt)
-    adapted = adapt.run(cfg, result.path, tmp_path / "adapt")
+    adapted = adapt.run(make_context("adapt", cfg, tmp_path / "adapt", result.path))
     assert adapted.metrics["vocab_size"] == len(encoder.itos)  # the checkpoint's tokenizer is kept
 
 
 def test_init_from_is_refused_for_the_lstm(tmp_path, data_dir):
     from pipeline.errors import ConfigError
     from pipeline.stages import pretrain
+    from pipeline.stages.context import make_context
 
     cfg = load_config("smoke", [f"pretrain.init_from={tmp_path}"])
     with pytest.raises(ConfigError, match="awd_lstm"):
-        pretrain.run(cfg, tmp_path / "pretrain")
+        pretrain.run(make_context("pretrain", cfg, tmp_path / "pretrain"))

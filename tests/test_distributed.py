@@ -4,16 +4,22 @@ The distributed run must give the same artifact layout and model shapes as a sin
 sane global metrics, and cache keys that do not depend on nproc.
 """
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from pipeline import distributed
 from pipeline.artifacts import load_model_file, read_manifest, read_metrics
-from pipeline.config import STAGES, load_config
+from pipeline.config import load_config
+from pipeline.stages.registry import stage_names
 from tests.test_flow import STAGE_LINE
+
+STAGES = stage_names()
 
 FILES = ["card.md", "history.csv", "history.png", "manifest.json", "metrics.json", "model.pt"]
 
@@ -45,7 +51,7 @@ def test_batch_must_split_over_processes():
 
 
 def test_cache_key_ignores_world_size(data_dir):
-    from flows.caching import stage_key
+    from pipeline.store import stage_key
 
     one, two = load_config("smoke"), load_config("smoke", ["nproc=2"])
     assert stage_key("pretrain", one, None) == stage_key("pretrain", two, None)
@@ -55,11 +61,12 @@ def test_cache_key_ignores_world_size(data_dir):
 
 def _single_run(root, backbone, stages=STAGES):
     """The reference: the same stages in this process (no Prefect), nproc=1."""
-    from pipeline.launch import run_stage
+    from pipeline.stages.context import make_context
+    from pipeline.stages.registry import run_stage
 
     cfg, upstream = load_config("smoke", [f"model.backbone={backbone}"]), None
     for stage in stages:
-        upstream = run_stage(stage, cfg, upstream, str(root / stage)).path
+        upstream = run_stage(make_context(stage, cfg, root / stage, upstream)).path
     return root
 
 
@@ -91,7 +98,7 @@ def test_same_layout_and_shapes_as_single_process(runs):
     for stage in STAGES:
         assert sorted(p.name for p in (ddp / stage).iterdir()) == FILES
         assert sorted(p.name for p in (single / stage).iterdir()) == FILES
-        ours, ref = load_model_file(ddp / stage)["state_dict"], load_model_file(single / stage)["state_dict"]
+        ours, ref = load_model_file(ddp / stage).state_dict, load_model_file(single / stage).state_dict
         assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in ref.items()}
         assert all(torch.isfinite(v.float()).all() for v in ours.values())
 
@@ -106,10 +113,10 @@ def test_global_metrics_are_sane(runs):
 
 
 def test_manifest_key_is_the_single_process_key(runs):
-    from flows.caching import stage_key
+    from pipeline.store import stage_key
 
     _, ddp, _, _ = runs
-    cfg = load_config("smoke", [f"model.backbone={load_model_file(ddp / 'pretrain')['backbone']}"])
+    cfg = load_config("smoke", [f"model.backbone={load_model_file(ddp / 'pretrain').backbone}"])
     assert read_manifest(ddp / "pretrain")["cache_key"] == stage_key("pretrain", cfg, None)
     assert json.loads((ddp / "pretrain" / "manifest.json").read_text())["files"].keys() == set(FILES) - {"manifest.json"}
 
@@ -125,11 +132,58 @@ def test_transformer_pretrain_two_processes(tmp_path, data_dir):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     single = _single_run(tmp_path / "single", "gpt", ["pretrain"])
-    ours, ref = (load_model_file(d / "pretrain")["state_dict"] for d in (tmp_path / "ddp", single))
+    ours, ref = (load_model_file(d / "pretrain").state_dict for d in (tmp_path / "ddp", single))
     assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in ref.items()}
     assert sorted(p.name for p in (tmp_path / "ddp" / "pretrain").iterdir()) == FILES
     metrics = read_metrics(tmp_path / "ddp" / "pretrain")
     assert 1 < metrics["valid_perplexity"] < metrics["vocab_size"] and metrics["backbone"] == "gpt"
+
+
+@pytest.mark.slow
+def test_two_process_stage_resumes_after_kill_9(tmp_path, data_dir):
+    """torchrun with 2 gloo ranks, as the flow launches it: rank 0 checkpoints every epoch (the others
+    hand it their RNG and data-loader states); after kill -9 the same command resumes on both ranks
+    and ends where an uninterrupted 2-process run ends (same tolerance as tests/test_resume.py)."""
+    from flows.launching import torchrun_command
+    from pipeline.checkpoint import partial_dir
+
+    epochs = 4
+    cfg = load_config("smoke", ["nproc=2", f"pretrain.epochs={epochs}", "pretrain.max_docs=40"])
+    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+
+    def command(root):
+        return torchrun_command("pretrain", 2, tmp_path / "cfg.json", None, str(root / "pretrain"), "key")
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(tmp_path / "reference.log", "w") as ref_log, open(tmp_path / "victim.log", "w") as victim_log:
+        reference = subprocess.Popen(command(tmp_path / "ref"), stdout=ref_log, stderr=subprocess.STDOUT, env=env)
+        victim = subprocess.Popen(command(tmp_path / "run"), stdout=victim_log, stderr=subprocess.STDOUT, env=env,
+                                  start_new_session=True)
+        checkpoint = partial_dir(tmp_path / "run" / "pretrain") / "pretrain.pt"
+        deadline = time.monotonic() + 600
+        while not checkpoint.exists():
+            assert victim.poll() is None, (tmp_path / "victim.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.1)
+        os.killpg(victim.pid, signal.SIGKILL)  # torchrun and both ranks
+        victim.wait()
+    saved = torch.load(checkpoint, weights_only=True)
+    done = saved["epochs_done"]
+    assert 1 <= done < epochs and len(saved["ranks"]) == 2, done
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["key.txt", "pretrain.pt"]  # one writer
+    assert not (tmp_path / "run" / "pretrain").exists()
+
+    rerun = subprocess.run(command(tmp_path / "run"), capture_output=True, text=True, timeout=600, env=env)
+    output = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, output[-4000:]
+    for rank in (0, 1):
+        assert f"[rank {rank}] pretrain: resuming from checkpoint, {done}/{epochs} epoch(s) already done" in output
+    assert f"pretrain epoch {done}/{epochs}:" not in output  # the finished epochs were not retrained
+    assert not checkpoint.parent.exists()  # removed once the stage folder is written
+    assert reference.wait(timeout=600) == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    ref, got = (read_metrics(root / "pretrain") for root in (tmp_path / "ref", tmp_path / "run"))
+    assert got["valid_perplexity"] == pytest.approx(ref["valid_perplexity"], rel=1e-3)
+    assert len((tmp_path / "run" / "pretrain" / "history.csv").read_text().splitlines()) == 1 + epochs
 
 
 def test_rank_error_becomes_one_line_user_error():

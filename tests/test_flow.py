@@ -1,9 +1,12 @@
 """End to end through the real `ulmfit` command: the smoke flow, caching, reruns, errors, predict."""
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -65,12 +68,21 @@ def test_rerun_forces_stage_and_downstream(first_run):
     assert proc.states == {"pretrain": "Cached", "adapt": "Completed", "classify": "Completed"}
 
 
-def test_deleted_artifact_is_recomputed_not_trusted(first_run):
+def test_deleted_artifact_is_replaced_not_trusted(first_run):
+    """An incomplete stage folder is never used: it is replaced by the stage store's copy for its key,
+    or recomputed when the store has none."""
     run_dir, _ = first_run
+    before = read_manifest(run_dir / "classify")
     (run_dir / "classify" / "model.pt").unlink()
     proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir))
     assert proc.returncode == 0, proc.output[-3000:]
-    assert proc.states["classify"] == "Completed" and (run_dir / "classify" / "model.pt").exists()
+    assert proc.states["classify"] == "Cached" and read_manifest(run_dir / "classify") == before
+    assert is_complete(run_dir / "classify", before["cache_key"])
+    shutil.rmtree(Path(os.environ["ULMFIT_CACHE_DIR"]) / "stages" / before["cache_key"])
+    (run_dir / "classify" / "model.pt").unlink()
+    proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir))
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert proc.states["classify"] == "Completed" and is_complete(run_dir / "classify", before["cache_key"])
 
 
 def test_corrupted_artifact_is_recomputed_not_loaded(first_run):
@@ -78,7 +90,7 @@ def test_corrupted_artifact_is_recomputed_not_loaded(first_run):
     model = run_dir / "pretrain" / "model.pt"
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte inside the weights
-    model.write_bytes(bytes(data))
+    model.write_bytes(bytes(data))  # in place: the store's hard link to this file is damaged too
     proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir))
     assert proc.returncode == 0, proc.output[-3000:]
     assert proc.states["pretrain"] == "Completed"

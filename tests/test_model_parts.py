@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.backbones import REGISTRY, get_backbone
-from pipeline.config import AwdLstmConfig, ClassifyConfig, ModelConfig, TransformerConfig
+from pipeline.backbones import REGISTRY, AwdLstmConfig, get_backbone
+from pipeline.config import ClassifyConfig, ModelConfig
+from pipeline.hf_backbones import TransformerConfig
 from pipeline.errors import ConfigError
 from pipeline.text import WORD_SPECIALS
 from pipeline.training import discriminative

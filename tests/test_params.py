@@ -5,14 +5,16 @@ import pytest
 
 from flows.params import (AdaptSettings, BackboneName, ClassifySettings, Preset, PretrainSettings, StageName,
                           typed_overrides)
-from pipeline.config import STAGES, available_presets, load_config
+from pipeline.backbones import REGISTRY
+from pipeline.config import available_presets, load_config
 from pipeline.errors import ConfigError
+from pipeline.stages.registry import stage_names
 
 
 def test_literals_match_the_project():
     assert sorted(typing.get_args(Preset)) == available_presets()
-    assert typing.get_args(StageName) == STAGES
-    assert "awd_lstm" in typing.get_args(BackboneName)
+    assert typing.get_args(StageName) == stage_names() == ("pretrain", "adapt", "classify")
+    assert typing.get_args(BackboneName) == tuple(REGISTRY) and "awd_lstm" in REGISTRY
 
 
 def test_typed_settings_become_overrides_that_validate():

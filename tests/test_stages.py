@@ -1,5 +1,5 @@
 """Each stage on small real slices (the smoke preset), called directly without Prefect."""
-import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,23 +10,36 @@ from pipeline.config import load_config
 from pipeline.errors import ArtifactError, DataError
 from pipeline.predict import predict
 from pipeline.stages import adapt, classify, pretrain
+from pipeline.stages.context import make_context
+from pipeline.stages.registry import get_stage
 
 ARTIFACT_FILES = {"model.pt", "metrics.json", "history.csv", "history.png", "card.md", "manifest.json"}
+TITLES = {"pretrain": "# Stage 1: pretrained language model",
+          "adapt": "# Stage 2: language model adapted to the target domain", "classify": "# Stage 3: classifier"}
+
+
+def ctx(stage, cfg, out, upstream=None):
+    return make_context(stage, cfg, out, upstream)
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, data_dir):
-    """pretrain -> adapt -> classify once on the smoke preset; tests read the artifacts."""
+def results(tmp_path_factory, data_dir):
+    """pretrain -> adapt -> classify once on the smoke preset: {stage: StageResult}."""
     root = tmp_path_factory.mktemp("stages")
     cfg = load_config("smoke")
-    p = pretrain.run(cfg, root / "pretrain")
-    a = adapt.run(cfg, p.path, root / "adapt")
-    classify.run(cfg, a.path, root / "classify")
-    return root
+    p = pretrain.run(ctx("pretrain", cfg, root / "pretrain"))
+    a = adapt.run(ctx("adapt", cfg, root / "adapt", p.path))
+    c = classify.run(ctx("classify", cfg, root / "classify", a.path))
+    return {"pretrain": p, "adapt": a, "classify": c}
+
+
+@pytest.fixture(scope="module")
+def run_dir(results):
+    return Path(results["pretrain"].path).parent
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "adapt", "classify"])
-def test_stage_folder_is_self_describing(run_dir, stage):
+def test_stage_folder_is_self_describing(run_dir, results, stage):
     folder = run_dir / stage
     assert ARTIFACT_FILES <= {p.name for p in folder.iterdir()}
     assert is_complete(folder)
@@ -34,7 +47,10 @@ def test_stage_folder_is_self_describing(run_dir, stage):
     assert blob["backbone"] == "awd_lstm" and blob["vocab"][:3] == ["xxunk", "xxpad", "xxbos"]
     assert all(isinstance(v, torch.Tensor) for v in blob["state_dict"].values())
     assert len(pd.read_csv(folder / "history.csv")) >= 1
-    assert "#" in (folder / "card.md").read_text()
+    card = (folder / "card.md").read_text()
+    key = get_stage(stage).headline[0]
+    assert card.startswith(TITLES[stage] + "\n") and "![loss curves](history.png)" in card
+    assert f"| {key} | {results[stage].metrics[key]:,.4f} |" in card  # the metric table holds the real number
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
 
@@ -52,13 +68,13 @@ def test_adapt_improves_held_out_perplexity(run_dir):
 
 def test_adapt_transfers_known_embeddings(tmp_path, data_dir):
     cfg = load_config("smoke", ["adapt.frozen_epochs=0", "adapt.epochs=0", "pretrain.epochs=0"])
-    p = pretrain.run(cfg, tmp_path / "p")
-    a = adapt.run(cfg, p.path, tmp_path / "a")
+    p = pretrain.run(ctx("pretrain", cfg, tmp_path / "p"))
+    a = adapt.run(ctx("adapt", cfg, tmp_path / "a", p.path))
     old, new = load_model_file(p.path), load_model_file(a.path)
-    shared = [t for t in new["vocab"] if t in old["vocab"]][:20]
+    shared = [t for t in new.vocab if t in old.vocab][:20]
     for tok in shared:
-        assert torch.equal(old["state_dict"]["0.encoder.weight"][old["vocab"].index(tok)],
-                           new["state_dict"]["0.encoder.weight"][new["vocab"].index(tok)])
+        assert torch.equal(old.state_dict["0.encoder.weight"][old.vocab.index(tok)],
+                           new.state_dict["0.encoder.weight"][new.vocab.index(tok)])
 
 
 def test_classify_metrics_and_confusion(run_dir):
@@ -72,9 +88,10 @@ def test_classify_metrics_and_confusion(run_dir):
 
 
 def test_predict(run_dir):
-    out = predict(run_dir, ["A wonderful film.", "Dull and boring."])
-    assert [label in ("neg", "pos") for label, _ in out] == [True, True]
-    assert all(0.5 <= p <= 1 for _, p in out)
+    out = predict(run_dir, ["A wonderful film.", "Dull and boring.", "A wonderful film."])
+    assert all(label in ("neg", "pos") for label, _ in out)
+    assert out[0] == out[2]  # deterministic: the model runs in eval mode, its state reset per text
+    assert out[0][1] != out[1][1]  # the probability depends on the text read
 
 
 @pytest.mark.parametrize("bad", ["", "   "])
@@ -94,7 +111,7 @@ def test_predict_rejects_missing_or_foreign_run(run_dir, tmp_path):
 
 def test_adapt_from_missing_pretrain_dir(tmp_path, smoke_cfg):
     with pytest.raises(ArtifactError, match="model.pt"):
-        adapt.run(smoke_cfg, tmp_path / "missing", tmp_path / "adapt")
+        adapt.run(ctx("adapt", smoke_cfg, tmp_path / "adapt", tmp_path / "missing"))
     assert not (tmp_path / "adapt").exists()
 
 
@@ -110,8 +127,8 @@ def test_users_own_csv_through_adapt_and_classify(run_dir, tmp_path, data_dir):
     cfg = load_config("smoke", [f"adapt.corpus={path}", "adapt.text_col=review", f"classify.corpus={path}",
                                 "classify.text_col=review", "classify.label_col=sentiment",
                                 "classify.n_labels=40", "classify.n_valid=10", "classify.n_test=null"])
-    a = adapt.run(cfg, run_dir / "pretrain", tmp_path / "adapt")
-    c = classify.run(cfg, a.path, tmp_path / "classify")
+    a = adapt.run(ctx("adapt", cfg, tmp_path / "adapt", run_dir / "pretrain"))
+    c = classify.run(ctx("classify", cfg, tmp_path / "classify", a.path))
     assert c.metrics["test_size"] == 24 and "held out" in c.metrics["test_source"]
 
 
@@ -124,7 +141,7 @@ def test_classify_bad_input_writes_nothing(run_dir, tmp_path, data_dir, override
     base = [f"classify.corpus={path}", "classify.text_col=review", "classify.label_col=sentiment"]
     cfg = load_config("smoke", base + overrides)
     with pytest.raises(DataError, match=message):
-        classify.run(cfg, run_dir / "adapt", tmp_path / "classify")
+        classify.run(ctx("classify", cfg, tmp_path / "classify", run_dir / "adapt"))
     assert not (tmp_path / "classify").exists()
 
 
@@ -133,7 +150,7 @@ def test_classify_one_class_only(run_dir, tmp_path, data_dir):
     frame.to_csv(tmp_path / "one.csv", index=False)
     cfg = load_config("smoke", [f"classify.corpus={tmp_path / 'one.csv'}"])
     with pytest.raises(DataError, match="one class|only"):
-        classify.run(cfg, run_dir / "adapt", tmp_path / "classify")
+        classify.run(ctx("classify", cfg, tmp_path / "classify", run_dir / "adapt"))
     assert not (tmp_path / "classify").exists()
 
 
@@ -145,12 +162,13 @@ def test_test_labels_unseen_in_train(run_dir, tmp_path, data_dir):
                                 "classify.text_col=review", "classify.label_col=sentiment", "classify.n_labels=40",
                                 "classify.n_valid=10", "classify.n_test=null"])
     with pytest.raises(DataError, match="meh"):
-        classify.run(cfg, run_dir / "adapt", tmp_path / "classify")
+        classify.run(ctx("classify", cfg, tmp_path / "classify", run_dir / "adapt"))
 
 
-def test_metrics_json_is_plain_json(run_dir):
-    for stage in ("pretrain", "adapt", "classify"):
-        json.loads((run_dir / stage / "metrics.json").read_text())
+def test_metrics_json_holds_what_the_stage_returned(run_dir, results):
+    for stage, result in results.items():
+        assert result.path == str(run_dir / stage)
+        assert read_metrics(run_dir / stage) == result.metrics  # plain JSON, nothing lost or rounded
 
 
 def test_pretrain_can_hold_out_training_articles(tmp_path, data_dir):
@@ -164,5 +182,22 @@ def test_pretrain_can_hold_out_training_articles(tmp_path, data_dir):
 def test_pretrain_missing_valid_split_suggests_hold_out(tmp_path, data_dir):
     cfg = load_config("smoke", ["pretrain.valid_split=nosuch"])
     with pytest.raises(DataError, match="valid_split=null"):
-        pretrain.run(cfg, tmp_path / "p")
+        pretrain.run(ctx("pretrain", cfg, tmp_path / "p"))
     assert not (tmp_path / "p").exists()
+
+
+def test_notebooks_see_the_test_sample_the_stage_saw(run_dir, tmp_path, data_dir, monkeypatch):
+    """The classifier records the rows of its samples; inspect reads them from the run's own data folder,
+    whatever seed or $ULMFIT_DATA_DIR are in effect later."""
+    from pipeline import inspect
+    from pipeline.stages.classify_data import load_splits
+
+    cfg = load_config("smoke", ["seed=7"])
+    classify.run(ctx("classify", cfg, tmp_path / "run" / "classify", run_dir / "adapt"))
+    monkeypatch.setenv("ULMFIT_DATA_DIR", str(tmp_path / "elsewhere"))
+    sample = inspect.test_sample(tmp_path / "run")
+    seen = load_splits(cfg.classify, data_dir, 7).test.reset_index(drop=True)
+    pd.testing.assert_frame_equal(sample, seen)
+    assert not sample.equals(load_splits(cfg.classify, data_dir, 42).test.reset_index(drop=True))
+    confusion = inspect.confusion_matrix(tmp_path / "run")
+    assert confusion.sum(axis=1).to_dict() == sample["label"].value_counts().to_dict()

@@ -8,19 +8,19 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.accel import wants_compile
-from pipeline.artifacts import load_model_file, write_stage
+from pipeline.artifacts import ModelFile, load_model_file
 from pipeline.backbones import get_backbone, with_vocab
 from pipeline.config import AdaptConfig, RunConfig
 from pipeline.data import is_registered, load_corpus, resolve_data_dir
 from pipeline.errors import DataError
 from pipeline.lm import SAMPLE_PROMPTS, evaluate, final_scores, generate, lm_data, lm_learner
-from pipeline.stages.common import StageResult, blob_arch, card, loss_plot, lm_blob, out_path, sample_rows
+from pipeline.stages.context import StageContext, StageResult
+from pipeline.stages.lm_stage import sample_rows, write_lm_stage
 from pipeline.text import encoder_from_state, fit_encoder
 from pipeline.training import EpochLog, count_params, discriminative, fit, pick_device, seed_everything
 from pipeline.transfer import transfer_embeddings
 
 log = logging.getLogger("ulmfit")
-NAME = "adapt"
 
 
 def domain_texts(ac: AdaptConfig, data_dir: Path) -> list[str]:
@@ -48,12 +48,12 @@ def split_held_out(texts: list[str], ac: AdaptConfig, seed: int) -> tuple[list[s
     return [texts[i] for i in sorted(order[n_valid:])], [texts[i] for i in sorted(order[:n_valid])]
 
 
-def target_model(cfg: RunConfig, blob: dict, train_texts: list[str]):
+def target_model(cfg: RunConfig, pretrained: ModelFile, train_texts: list[str]):
     """(encoder, arch, model) for the target domain. A word vocabulary is rebuilt on the target text
     and the stage-1 embeddings are carried over row by row; a subword tokenizer is reused as is."""
-    ac, backbone = cfg.adapt, get_backbone(blob["backbone"])
-    encoder = encoder_from_state(blob["tokenizer"], blob["vocab"], cfg.cache_dir, cfg.tokenizer.n_workers)
-    arch, state, n_known = blob_arch(blob), blob["state_dict"], len(encoder.itos)
+    ac, backbone = cfg.adapt, get_backbone(pretrained.backbone)
+    encoder = encoder_from_state(pretrained.tokenizer, pretrained.vocab, cfg.cache_dir, cfg.tokenizer.n_workers)
+    arch, state, n_known = pretrained.arch, pretrained.state_dict, len(encoder.itos)
     if encoder.refits_on_target:
         old_itos = encoder.itos
         encoder = fit_encoder(cfg.tokenizer, train_texts, ac.min_freq, ac.max_vocab, cfg.cache_dir,
@@ -65,13 +65,13 @@ def target_model(cfg: RunConfig, blob: dict, train_texts: list[str]):
     return encoder, arch, model, n_known
 
 
-def run(cfg: RunConfig, pretrained_dir: str | Path, out_dir: str | Path, cache_key: str = "") -> StageResult:
-    ac, start = cfg.adapt, time.perf_counter()
+def run(ctx: StageContext) -> StageResult:
+    cfg, ac, start = ctx.cfg, ctx.cfg.adapt, time.perf_counter()
     seed_everything(cfg.seed)
-    blob = load_model_file(pretrained_dir, expect_kind="lm")
+    pretrained = load_model_file(ctx.upstream(), expect_kind="lm")
     train_texts, valid_texts = split_held_out(domain_texts(ac, resolve_data_dir(cfg.data_dir)), ac, cfg.seed)
-    backbone, device = get_backbone(blob["backbone"]), pick_device(cfg.device)
-    encoder, arch, model, n_known = target_model(cfg, blob, train_texts)
+    backbone, device = get_backbone(pretrained.backbone), pick_device(cfg.device)
+    encoder, arch, model, n_known = target_model(cfg, pretrained, train_texts)
     data = lm_data(encoder, train_texts, valid_texts, f"{ac.corpus}/lm")
     learn = lm_learner(backbone, model, arch, data, ac.bs, ac.bptt, ac.wd, device, encoder.specials, cfg.seed,
                        compile_model=wants_compile(cfg.compile, backbone, device))
@@ -82,12 +82,13 @@ def run(cfg: RunConfig, pretrained_dir: str | Path, out_dir: str | Path, cache_k
     before = evaluate(learn)
     log.info("adapt: held-out perplexity before adaptation %.1f", before["perplexity"])
 
-    recorder, train_start = EpochLog(NAME), time.perf_counter()
-    learn.freeze()  # last layer group only: the (partly new) embeddings and decoder
-    fit(learn, ac.frozen_epochs, ac.frozen_lr, ac.schedule, "adapt-frozen", recorder)
+    recorder, train_start = EpochLog(ctx.stage), time.perf_counter()
+    learn.freeze()  # last layer group only: the (partly new) embeddings and decoder; creates the optimizer
+    fit(learn, ac.frozen_epochs, ac.frozen_lr, ac.schedule, f"{ctx.stage}-frozen", recorder, ctx.checkpointer)
     learn.unfreeze()
-    n_groups = len(learn.opt.param_lists) if learn.opt else len(backbone.lm_splitter(learn.model))
-    fit(learn, ac.epochs, discriminative(ac.lr, n_groups, ac.lr_decay), ac.schedule, "adapt", recorder)
+    n_groups = len(learn.opt.param_lists)
+    fit(learn, ac.epochs, discriminative(ac.lr, n_groups, ac.lr_decay), ac.schedule, ctx.stage, recorder,
+        ctx.checkpointer)
     train_secs = time.perf_counter() - train_start
     after = final_scores(learn)
 
@@ -102,13 +103,10 @@ def run(cfg: RunConfig, pretrained_dir: str | Path, out_dir: str | Path, cache_k
                "wall_seconds": time.perf_counter() - start, "device": str(device)}
     samples = {p: generate(learn.model, backbone, encoder, p, seed=cfg.seed) for p in SAMPLE_PROMPTS}
     samples = {f"{p} (before)": prompts_before[p] for p in SAMPLE_PROMPTS} | {f"{p} (after)": s for p, s in samples.items()}
-    history = recorder.history()
-    write_stage(out_path(out_dir),
-                model=lm_blob(learn.model, encoder, arch, cfg, NAME, backbone.name),
-                metrics=metrics, history=history, cache_key=cache_key,
-                extra_files={"history.png": loss_plot(recorder.batch_losses, history, "Stage 2: adaptation")},
-                card=card("Stage 2: language model adapted to the target domain",
-                          f"Stage-1 {backbone.name} fine-tuned on {ac.corpus} text ({len(data.train)} documents, "
-                          f"{len(data.valid)} held out). Test-set text used: {ac.include_test}.", metrics, samples, history))
+    result = write_lm_stage(
+        ctx, learn, backbone, encoder, arch, metrics, recorder, samples,
+        "Stage 2: language model adapted to the target domain",
+        f"Stage-1 {backbone.name} fine-tuned on {ac.corpus} text ({len(data.train)} documents, "
+        f"{len(data.valid)} held out). Test-set text used: {ac.include_test}.", "Stage 2: adaptation")
     log.info("adapt: held-out perplexity %.1f -> %.1f", before["perplexity"], after["perplexity"])
-    return StageResult(NAME, str(out_path(out_dir)), metrics)
+    return result

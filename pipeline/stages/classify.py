@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,18 +21,18 @@ from fastai.text.data import SortedDL, pad_input_chunk
 
 from pipeline import distributed
 from pipeline.accel import wants_compile
-from pipeline.artifacts import load_model_file, write_stage
+from pipeline.artifacts import ModelFile, cpu_state, load_model_file, write_stage
 from pipeline.backbones import get_backbone
-from pipeline.config import ClassifyConfig, RunConfig
+from pipeline.cards import card, confusion_table, loss_plot
+from pipeline.config import ClassifyConfig, stage_config
 from pipeline.data import resolve_data_dir
 from pipeline.errors import ArtifactError
 from pipeline.stages.classify_data import LabeledSplits, load_splits
-from pipeline.stages.common import StageResult, blob_arch, card, loss_plot, out_path, state_to_cpu
+from pipeline.stages.context import StageContext, StageResult
 from pipeline.text import encoder_from_state
 from pipeline.training import EpochLog, count_params, discriminative, fit, make_learner, pick_device, seed_everything
 
 log = logging.getLogger("ulmfit")
-NAME = "classify"
 
 
 def truncate(ids: np.ndarray, cc: ClassifyConfig) -> np.ndarray:
@@ -63,11 +62,12 @@ def loader(items: list[tuple], cc: ClassifyConfig, shuffle: bool, device, pad_id
                     before_batch=partial(pad_input_chunk, pad_idx=pad_id, seq_len=cc.bptt))
 
 
-def build_model(blob: dict, n_class: int, cc: ClassifyConfig, specials, load_encoder: bool = True):
-    backbone = get_backbone(blob["backbone"])
-    model = backbone.build_classifier(blob_arch(blob), n_class, cc, specials)
+def build_model(mf: ModelFile, n_class: int, cc: ClassifyConfig, specials, load_encoder: bool = True):
+    """The classifier for `mf`'s architecture; with `load_encoder`, its encoder seeded from `mf`'s LM weights."""
+    backbone = get_backbone(mf.backbone)
+    model = backbone.build_classifier(mf.arch, n_class, cc, specials)
     if load_encoder:
-        wanted = backbone.lm_to_classifier(blob["state_dict"])
+        wanted = backbone.lm_to_classifier(mf.state_dict)
         missing, unexpected = model.load_state_dict(wanted, strict=False)
         encoder_missing = [k for k in missing if k in wanted]
         if unexpected or encoder_missing:
@@ -75,7 +75,7 @@ def build_model(blob: dict, n_class: int, cc: ClassifyConfig, specials, load_enc
     return backbone, model
 
 
-def gradual_unfreezing(learn, cc: ClassifyConfig, recorder: EpochLog) -> None:
+def gradual_unfreezing(learn, cc: ClassifyConfig, recorder: EpochLog, ckpt=None) -> None:
     n_groups = len(learn.opt.param_lists)
     for phase, (epochs, lr) in enumerate(zip(cc.epochs_per_phase, cc.lrs)):
         last = phase == len(cc.lrs) - 1 or phase + 1 >= n_groups
@@ -85,7 +85,8 @@ def gradual_unfreezing(learn, cc: ClassifyConfig, recorder: EpochLog) -> None:
             learn.freeze_to(-(phase + 1))
         label = "all groups" if last else f"last {phase + 1} group(s)"
         log.info("classify phase %d: training %s, top lr %.2g", phase + 1, label, lr)
-        fit(learn, epochs, discriminative(lr, n_groups, cc.lr_decay), cc.schedule, f"phase{phase + 1}", recorder)
+        fit(learn, epochs, discriminative(lr, n_groups, cc.lr_decay), cc.schedule, f"phase{phase + 1}", recorder,
+            ckpt)
         if last:
             break
 
@@ -104,17 +105,18 @@ def _summary(splits: LabeledSplits, cc: ClassifyConfig) -> str:
             f"{len(splits.test)} examples of {splits.test_source}. Classes: {', '.join(splits.classes)}.")
 
 
-def run(cfg: RunConfig, adapted_dir: str | Path, out_dir: str | Path, cache_key: str = "") -> StageResult:
-    cc, start = cfg.classify, time.perf_counter()
+def run(ctx: StageContext) -> StageResult:
+    cfg, cc, start = ctx.cfg, ctx.cfg.classify, time.perf_counter()
     seed_everything(cfg.seed)
-    blob = load_model_file(adapted_dir, expect_kind="lm")
-    splits = load_splits(cc, resolve_data_dir(cfg.data_dir), cfg.seed)
-    encoder = encoder_from_state(blob["tokenizer"], blob["vocab"], cfg.cache_dir, cfg.tokenizer.n_workers)
+    adapted = load_model_file(ctx.upstream(), expect_kind="lm")
+    data_dir = resolve_data_dir(cfg.data_dir)
+    splits = load_splits(cc, data_dir, cfg.seed)
+    encoder = encoder_from_state(adapted.tokenizer, adapted.vocab, cfg.cache_dir, cfg.tokenizer.n_workers)
     classes, pad = splits.classes, encoder.specials.pad
     train, valid, test = (encode(getattr(splits, s), encoder, classes, cc, f"{cc.corpus}/{s}-sample")
                           for s in ("train", "valid", "test"))
     device = pick_device(cfg.device)
-    backbone, model = build_model(blob, len(classes), cc, encoder.specials)
+    backbone, model = build_model(adapted, len(classes), cc, encoder.specials)
     # Under DDP: this rank's share of the training examples and of the batch; every rank validates
     # and tests on the whole sets, so the metrics are the global ones.
     train_dl = loader(distributed.shard_items(train), cc, True, device, pad, distributed.per_rank_batch(cc.bs))
@@ -124,8 +126,8 @@ def run(cfg: RunConfig, adapted_dir: str | Path, out_dir: str | Path, cache_key:
     learn.create_opt()
     log.info("classify: %d train / %d valid / %d test examples, %d params, %d layer groups", len(train),
              len(valid), len(test), count_params(model), len(learn.opt.param_lists))
-    recorder, train_start = EpochLog(NAME), time.perf_counter()
-    gradual_unfreezing(learn, cc, recorder)
+    recorder, train_start = EpochLog(ctx.stage), time.perf_counter()
+    gradual_unfreezing(learn, cc, recorder, ctx.checkpointer)
     train_secs = time.perf_counter() - train_start
     scores = evaluate(learn, loader(test, cc, False, device, pad), classes)
 
@@ -135,20 +137,15 @@ def run(cfg: RunConfig, adapted_dir: str | Path, out_dir: str | Path, cache_key:
                "params": count_params(model), "backbone": backbone.name, "train_seconds": train_secs,
                "wall_seconds": time.perf_counter() - start, "device": str(device)}
     history = recorder.history()
-    blob_out = {"kind": "classifier", "stage": NAME, "backbone": backbone.name, "arch": blob["arch"],
-                "model_config": blob["model_config"], "classify_config": cc.model_dump(),
-                "state_dict": state_to_cpu(learn.model), "vocab": list(encoder.itos), "classes": classes,
-                "tokenizer": blob["tokenizer"]}
+    model_file = ModelFile(kind="classifier", stage=ctx.stage, backbone=backbone.name, arch=adapted.arch,
+                           config=stage_config(cfg, ctx.stage), state_dict=cpu_state(learn.model),
+                           vocab=list(encoder.itos), tokenizer=adapted.tokenizer, classes=classes,
+                           samples=splits.indices(), data_dir=str(data_dir))
     shown = {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "classes")}
-    write_stage(out_path(out_dir), model=blob_out, metrics=metrics, history=history, cache_key=cache_key,
+    write_stage(ctx.out_dir, model=model_file, metrics=metrics, history=history, cache_key=ctx.cache_key,
                 extra_files={"history.png": loss_plot(recorder.batch_losses, history, "Stage 3: classifier")},
                 card=card("Stage 3: classifier", _summary(splits, cc), shown, None, history)
-                + "\n## Confusion matrix (rows = true, columns = predicted)\n\n" + _confusion_md(classes, scores["confusion"]))
+                + "\n## Confusion matrix (rows = true, columns = predicted)\n\n"
+                + confusion_table(classes, scores["confusion"]) + "\n")
     log.info("classify: test accuracy %.4f on %d examples", scores["accuracy"], len(test))
-    return StageResult(NAME, str(out_path(out_dir)), metrics)
-
-
-def _confusion_md(classes: list[str], confusion: list[list[int]]) -> str:
-    rows = ["| true \\ pred | " + " | ".join(classes) + " |", "| --- |" + " --- |" * len(classes)]
-    rows += [f"| {c} | " + " | ".join(str(n) for n in row) + " |" for c, row in zip(classes, confusion)]
-    return "\n".join(rows) + "\n"
+    return StageResult(ctx.stage, str(ctx.out_dir), metrics)

@@ -12,20 +12,40 @@ from pipeline.data import dataset_labels, is_registered, load_corpus
 from pipeline.errors import DataError
 
 USER_TEST_FRAC = 0.2  # a user's file with no test file: this share becomes the test set
+SPLITS = ("train", "valid", "test")
 
 
 @dataclass
 class LabeledSplits:
     classes: list[str]
-    train: pd.DataFrame
+    train: pd.DataFrame  # each frame's index: row numbers in the file it was read from
     valid: pd.DataFrame
     test: pd.DataFrame
     test_source: str
 
+    def indices(self) -> dict[str, list[int]]:
+        """Row numbers of each sample (saved in the classifier's model file)."""
+        return {name: [int(i) for i in getattr(self, name).index] for name in SPLITS}
+
 
 def _load(source: str, split: str | None, cc: ClassifyConfig, data_dir: Path) -> pd.DataFrame:
-    return load_corpus(source, split, data_dir=data_dir, text_col=cc.text_col, label_col=cc.label_col,
-                       allowed_labels=dataset_labels(source))
+    frame = load_corpus(source, split, data_dir=data_dir, text_col=cc.text_col, label_col=cc.label_col,
+                        allowed_labels=dataset_labels(source))
+    return frame.reset_index(drop=True)
+
+
+def _sources(cc: ClassifyConfig) -> tuple[tuple[str, str | None], tuple[str, str | None] | None, str]:
+    """Where labeled and test rows come from: ((source, split), (source, split) or None = held out of
+    the labeled file, and how the test set is described)."""
+    if not is_registered(cc.corpus):
+        labeled = (cc.corpus, None)
+        if cc.test_corpus is None:
+            return labeled, None, f"{USER_TEST_FRAC:.0%} of {cc.corpus} held out"
+    else:
+        labeled = (cc.corpus, "train")
+    if cc.test_corpus is not None:
+        return labeled, (cc.test_corpus, None), cc.test_corpus
+    return labeled, (cc.corpus, "test"), f"{cc.corpus}/test"
 
 
 def balanced_sample(frame: pd.DataFrame, n: int | None, rng: np.random.Generator, what: str) -> pd.DataFrame:
@@ -47,16 +67,13 @@ def balanced_sample(frame: pd.DataFrame, n: int | None, rng: np.random.Generator
 
 def load_splits(cc: ClassifyConfig, data_dir: Path, seed: int) -> LabeledSplits:
     rng = np.random.default_rng(seed)
-    registered = is_registered(cc.corpus)
-    labeled = _load(cc.corpus, "train" if registered else None, cc, data_dir)
-    if cc.test_corpus is not None:
-        test, test_source = _load(cc.test_corpus, None, cc, data_dir), cc.test_corpus
-    elif registered:
-        test, test_source = _load(cc.corpus, "test", cc, data_dir), f"{cc.corpus}/test"
+    labeled_from, test_from, test_source = _sources(cc)
+    labeled = _load(*labeled_from, cc, data_dir)
+    if test_from is not None:
+        test = _load(*test_from, cc, data_dir)
     else:
         test_idx = balanced_sample(labeled, int(len(labeled) * USER_TEST_FRAC), rng, cc.corpus).index
         test, labeled = labeled.loc[test_idx], labeled.drop(index=test_idx)
-        test_source = f"{USER_TEST_FRAC:.0%} of {cc.corpus} held out"
     classes = sorted(labeled["label"].unique())
     unseen = sorted(set(test["label"]) - set(classes))
     if unseen:
@@ -66,3 +83,15 @@ def load_splits(cc: ClassifyConfig, data_dir: Path, seed: int) -> LabeledSplits:
     train = balanced_sample(rest, cc.n_labels, rng, f"{cc.corpus} (classify.n_labels, after the n_valid hold-out)")
     test = balanced_sample(test, cc.n_test, rng, f"{test_source} (classify.n_test)")
     return LabeledSplits(classes, train, valid, test, test_source)
+
+
+def splits_at(cc: ClassifyConfig, data_dir: Path, indices: dict[str, list[int]], classes: list[str]) -> LabeledSplits:
+    """The samples a classify stage used, from the row numbers its model file recorded (`indices`)."""
+    labeled_from, test_from, test_source = _sources(cc)
+    labeled = _load(*labeled_from, cc, data_dir)
+    test = labeled if test_from is None else _load(*test_from, cc, data_dir)
+    try:
+        frames = [frame.loc[indices[name]] for frame, name in ((labeled, "train"), (labeled, "valid"), (test, "test"))]
+    except KeyError as err:
+        raise DataError(f"{cc.corpus}: the data no longer holds the rows the classifier used ({err})") from None
+    return LabeledSplits(list(classes), *frames, test_source)

@@ -3,21 +3,19 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 from pipeline.accel import wants_compile
-from pipeline.artifacts import write_stage
 from pipeline.backbones import Backbone, get_backbone
 from pipeline.config import RunConfig
 from pipeline.data import load_corpus, resolve_data_dir
 from pipeline.errors import ConfigError, DataError
 from pipeline.lm import SAMPLE_PROMPTS, final_scores, generate, lm_data, lm_learner
-from pipeline.stages.common import StageResult, card, loss_plot, lm_blob, out_path, sample_rows
+from pipeline.stages.context import StageContext, StageResult
+from pipeline.stages.lm_stage import sample_rows, write_lm_stage
 from pipeline.text import encoder_from_checkpoint, fit_encoder
 from pipeline.training import EpochLog, count_params, fit, pick_device, seed_everything
 
 log = logging.getLogger("ulmfit")
-NAME = "pretrain"
 
 
 def corpus_texts(cfg: RunConfig) -> tuple[list[str], list[str]]:
@@ -53,8 +51,8 @@ def initial_model(cfg: RunConfig, backbone: Backbone, train_texts: list[str]):
     return encoder, arch, model
 
 
-def run(cfg: RunConfig, out_dir: str | Path, cache_key: str = "") -> StageResult:
-    pc, start = cfg.pretrain, time.perf_counter()
+def run(ctx: StageContext) -> StageResult:
+    cfg, pc, start = ctx.cfg, ctx.cfg.pretrain, time.perf_counter()
     seed_everything(cfg.seed)
     train_texts, valid_texts = corpus_texts(cfg)
     backbone, device = get_backbone(cfg.model.backbone), pick_device(cfg.device)
@@ -64,8 +62,8 @@ def run(cfg: RunConfig, out_dir: str | Path, cache_key: str = "") -> StageResult
                        compile_model=wants_compile(cfg.compile, backbone, device))
     log.info("pretrain: %s, %d params, vocab %d, %d train / %d valid tokens, device %s", backbone.name,
              count_params(model), len(encoder.itos), data.n_train_tokens, data.n_valid_tokens, device)
-    recorder, train_start = EpochLog(NAME), time.perf_counter()
-    fit(learn, pc.epochs, pc.lr, pc.schedule, NAME, recorder)
+    recorder, train_start = EpochLog(ctx.stage), time.perf_counter()
+    fit(learn, pc.epochs, pc.lr, pc.schedule, ctx.stage, recorder, ctx.checkpointer)
     train_secs = time.perf_counter() - train_start
     scores = final_scores(learn)
 
@@ -79,14 +77,9 @@ def run(cfg: RunConfig, out_dir: str | Path, cache_key: str = "") -> StageResult
                "train_tokens_per_sec": pc.epochs * data.n_train_tokens / max(train_secs, 1e-9),
                "wall_seconds": time.perf_counter() - start, "device": str(device)}
     samples = {p: generate(learn.model, backbone, encoder, p, seed=cfg.seed) for p in SAMPLE_PROMPTS}
-    history = recorder.history()
-    write_stage(out_path(out_dir),
-                model=lm_blob(learn.model, encoder, arch, cfg, NAME, backbone.name),
-                metrics=metrics, history=history, cache_key=cache_key,
-                extra_files={"history.png": loss_plot(recorder.batch_losses, history, "Stage 1: pretraining")},
-                card=card("Stage 1: pretrained language model",
-                          f"{backbone.name} ({backbone.objective} LM) trained on {pc.corpus} ({len(data.train)} "
-                          f"documents), {'starting from ' + pc.init_from if pc.init_from else 'from scratch'}.",
-                          metrics, samples, history))
+    result = write_lm_stage(
+        ctx, learn, backbone, encoder, arch, metrics, recorder, samples, "Stage 1: pretrained language model",
+        f"{backbone.name} ({backbone.objective} LM) trained on {pc.corpus} ({len(data.train)} documents), "
+        f"{'starting from ' + pc.init_from if pc.init_from else 'from scratch'}.", "Stage 1: pretraining")
     log.info("pretrain: valid perplexity %.1f, accuracy %.3f", scores["perplexity"], scores["accuracy"])
-    return StageResult(NAME, str(out_path(out_dir)), metrics)
+    return result

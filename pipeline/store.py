@@ -1,0 +1,93 @@
+"""The stage cache: each stage's key, and a content-addressed store of finished stage folders.
+
+A stage's key is its own config + the content of the folder it builds on + its code version (its
+module's import closure, see `pipeline.stages.registry`) + the data folder. Never a run id and
+never a path to another run's folder.
+
+Every finished stage is also kept in the store, `<cache dir>/stages/<key>/` (cache dir:
+`cache_dir`, else $ULMFIT_CACHE_DIR, else ~/.cache/ulmfit-flow). A run folder whose stage is
+missing or stale gets the store's copy at once: its files are hard-linked into the run folder
+(copied when the store is on another file system), so every run folder holds its own complete
+stages and never reads another run folder. Deleting or moving a run folder, or the whole store,
+never breaks another run: at worst a stage is computed again. Every use verifies the files
+against their manifest's sha256s, so a damaged copy is recomputed, never trusted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from pipeline.artifacts import atomic_dir, fingerprint, is_complete
+from pipeline.config import RunConfig, stage_config
+from pipeline.data import resolve_data_dir
+from pipeline.errors import ArtifactError
+from pipeline.stages.registry import get_stage
+from pipeline.tokens import default_cache_dir
+
+log = logging.getLogger("ulmfit")
+
+
+def stage_key(stage: str, cfg: RunConfig, upstream_dir: str | Path | None) -> str:
+    section = getattr(cfg, stage, None)
+    parts = {
+        "config": stage_config(cfg, stage),
+        "data_dir": str(resolve_data_dir(cfg.data_dir)),
+        "code": get_stage(stage).code_version(),
+        "upstream": fingerprint(Path(upstream_dir)) if upstream_dir else None,
+        "init_from": _folder_stamp(getattr(section, "init_from", None)),
+    }
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return f"{stage}-{hashlib.sha256(blob).hexdigest()[:32]}"
+
+
+def _folder_stamp(folder: str | None) -> list | None:
+    """Names, sizes and mtimes of a local checkpoint folder: replacing the checkpoint changes the key."""
+    if folder is None or not Path(folder).expanduser().is_dir():
+        return None
+    return sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in Path(folder).expanduser().iterdir()
+                  if p.is_file())
+
+
+def store_entry(cfg: RunConfig, key: str) -> Path:
+    return default_cache_dir(cfg.cache_dir) / "stages" / key
+
+
+def restore(folder: Path, key: str, cfg: RunConfig) -> bool:
+    """True if `folder` holds the complete stage for `key`: already, or now, linked in from the store."""
+    folder, entry = Path(folder), store_entry(cfg, key)
+    if is_complete(folder, key):
+        if not is_complete(entry, key):
+            keep(folder, key, cfg)  # a later run folder with these settings can have it too
+        return True
+    if not is_complete(entry, key):
+        return False
+    try:
+        _link_folder(entry, folder)
+    except ArtifactError as err:
+        log.warning("could not take %s from the stage cache (%s); computing it", folder.name, err)
+        return False
+    return is_complete(folder, key)  # the entry may have been replaced while it was being linked
+
+
+def keep(folder: Path, key: str, cfg: RunConfig) -> None:
+    """Put a finished stage folder into the store under its key (replacing what was there)."""
+    try:
+        _link_folder(Path(folder), store_entry(cfg, key))
+    except ArtifactError as err:  # the run folder is complete either way: the store is a convenience
+        log.warning("could not keep %s in the stage cache: %s", folder, err)
+
+
+def _link_folder(source: Path, target: Path) -> None:
+    """Replace `target` with a folder of hard links to `source`'s files (copies across file systems)."""
+    with atomic_dir(target) as tmp:
+        for path in sorted(source.iterdir()):
+            if not path.is_file():
+                continue
+            try:
+                os.link(path, tmp / path.name)
+            except OSError:
+                shutil.copy2(path, tmp / path.name)
