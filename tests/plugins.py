@@ -1,0 +1,35 @@
+"""A backbone and a stage registered from outside pipeline/, the way a new one is added: a size model
+plus one registry entry (the backbone); one module with `run(ctx)` (tests/plugin_stage.py) plus one
+registry line (the stage). tests/test_registries.py checks that both show up everywhere."""
+from __future__ import annotations
+
+import dataclasses
+
+from pydantic import Field
+
+from pipeline.backbones import REGISTRY as BACKBONES
+from pipeline.backbones import register as register_backbone
+from pipeline.config import SizeSection
+from pipeline.stages.registry import REGISTRY as STAGES
+from pipeline.stages.registry import Stage
+from pipeline.stages.registry import register as register_stage
+
+
+class TinySizes(SizeSection):
+    """Size section of the test backbone: an AWD-LSTM under another name, with its own defaults."""
+
+    emb_sz: int = Field(16, gt=0, description="Embedding size.")
+    n_hid: int = Field(24, gt=0, description="Hidden size.")
+    n_layers: int = Field(1, gt=0, description="Recurrent layers.")
+
+
+def install() -> None:
+    register_backbone(dataclasses.replace(BACKBONES["awd_lstm"], name="tiny", description="a test backbone",
+                                          sizes=TinySizes))
+    register_stage(Stage("export", "tests.plugin_stage", "classify", ("n_weights", "classifier weights"),
+                         lambda cfg: 0, "classifier"))
+
+
+def uninstall() -> None:
+    BACKBONES.pop("tiny", None)
+    STAGES.pop("export", None)

@@ -1,0 +1,138 @@
+"""The registries are the only lists of stages and backbones: one registered from outside pipeline/
+(tests/plugins.py, tests/plugin_stage.py) shows up in the config, the CLI, the UI's parameter schema, the flow and its
+summary; and a stage's code version is its module's import closure inside pipeline/."""
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pipeline.artifacts import read_metrics
+from pipeline.config import load_config, stage_config
+from pipeline.errors import ConfigError
+from pipeline.stages import registry
+from pipeline.text import WORD_SPECIALS
+from tests import plugins
+from tests.test_flow import WORK_MARKERS
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ["pretrain", "adapt", "classify", "export"]
+SUMMARY = re.compile(r"^  (\w+)\s+(Completed|Cached)\s+[\d.]+s  ", re.M)
+
+
+@pytest.fixture()
+def installed():
+    plugins.install()
+    try:
+        yield
+    finally:
+        plugins.uninstall()
+
+
+def test_a_registered_backbone_gets_a_config_section_and_cli_choice(installed, capsys):
+    from flows.cli import main
+    from pipeline.backbones import get_backbone
+
+    cfg = load_config("smoke", ["model.backbone=tiny", "model.tiny.n_hid=40"])
+    assert cfg.model.sizes() == plugins.TinySizes(n_hid=40)
+    assert stage_config(cfg, "pretrain")["model"]["sizes"] == {"emb_sz": 16, "n_hid": 40, "n_layers": 1}
+    assert get_backbone("tiny").make_arch(50, cfg.model, WORD_SPECIALS)["n_hid"] == 40  # sizes reach the builder
+    with pytest.raises(ConfigError, match="model.tiny.n_layers: Input should be greater than 0"):
+        load_config("smoke", ["model.tiny.n_layers=0"])
+    assert main(["run", "--preset", "smoke", "--set", "model.tiny.emb_sz=8", "--show-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["tiny"] == {"emb_sz": 8, "n_hid": 24, "n_layers": 1}
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    assert "of awd_lstm, gpt, bert, tiny (default: all)" in " ".join(capsys.readouterr().out.split())
+    assert main(["stages"]) == 0
+    listed = capsys.readouterr().out
+    assert "tiny (a test backbone)" in listed and "export    Export: the classifier's weights re-saved" in listed
+
+
+def test_without_the_plugin_its_section_is_refused():
+    with pytest.raises(ConfigError, match=r"model: unknown key\(s\) \['tiny'\]"):
+        load_config("smoke", ["model.tiny.n_hid=40"])
+    with pytest.raises(ConfigError, match="unknown backbone 'tiny'"):
+        load_config("smoke", ["model.backbone=tiny"])
+
+
+def _python(code: str, timeout=600):
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+    proc.output = proc.stdout + proc.stderr
+    return proc
+
+
+def test_the_ui_parameter_schema_lists_registered_entries():
+    proc = _python("""
+        import json
+        from tests import plugins
+        plugins.install()
+        from prefect.utilities.callables import parameter_schema
+        from flows.compare_flow import compare_flow
+        from flows.ulmfit_flow import ulmfit_flow
+        print(json.dumps([parameter_schema(f).model_dump() for f in (ulmfit_flow, compare_flow)]))
+    """)
+    assert proc.returncode == 0, proc.output[-3000:]
+    run, compare = json.loads(proc.stdout.splitlines()[-1])
+    assert run["properties"]["backbone"]["anyOf"][0]["enum"] == ["awd_lstm", "gpt", "bert", "tiny"]
+    assert run["properties"]["rerun"]["anyOf"][0]["enum"] == ["pretrain", "adapt", "classify", "export"]
+    assert compare["properties"]["backbones"]["items"]["enum"] == ["awd_lstm", "gpt", "bert", "tiny"]
+    assert compare["properties"]["backbones"]["default"] == ["awd_lstm", "gpt", "bert", "tiny"]
+
+
+@pytest.mark.slow
+def test_a_registered_stage_and_backbone_run_in_the_flow(tmp_path, data_dir):
+    """The smoke flow with both: four stages with their summary lines, then a fully cached rerun."""
+    run_dir = tmp_path / "run"
+    script = f"""
+        import sys
+        from tests import plugins
+        plugins.install()
+        from flows.cli import main
+        sys.exit(main(["run", "--preset", "smoke", "--set", "model.backbone=tiny", "--out", {str(run_dir)!r}]))
+    """
+    first = _python(script)
+    assert first.returncode == 0, first.output[-3000:]
+    assert dict(SUMMARY.findall(first.stdout)) == dict.fromkeys(STAGES, "Completed"), first.stdout[-2000:]
+    export = read_metrics(run_dir / "export")
+    assert f"classifier weights: {export['n_weights']:.4f}  -> {run_dir / 'export'}" in first.stdout
+    assert read_metrics(run_dir / "pretrain")["backbone"] == "tiny"
+    again = _python(script)
+    assert again.returncode == 0, again.output[-3000:]
+    assert dict(SUMMARY.findall(again.stdout)) == dict.fromkeys(STAGES, "Cached")
+    assert not any(marker in again.output for marker in WORK_MARKERS)
+
+
+# --- code versions ----------------------------------------------------------------------------------
+
+def test_a_stage_code_version_is_its_import_closure():
+    closure = {name: registry.import_closure(stage.module) for name, stage in registry.REGISTRY.items()}
+    assert {"pipeline.lm", "pipeline.training", "pipeline.stages.lm_stage"} <= set(closure["pretrain"])
+    assert "pipeline.transfer" in closure["adapt"] and "pipeline.transfer" not in closure["pretrain"]
+    assert "pipeline.stages.classify_data" in closure["classify"] and "pipeline.lm" not in closure["classify"]
+    for modules in closure.values():  # the flow's plumbing and the registry itself are not a stage's code
+        assert not {"pipeline.store", "pipeline.compare", "pipeline.stages.registry", "pipeline.launch"} & set(modules)
+    assert len({registry.code_version(s.module) for s in registry.REGISTRY.values()}) == 3
+
+
+def test_editing_or_adding_an_imported_module_changes_the_code_version(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    stage = tmp_path / "my_stage.py"
+    stage.write_text("from pipeline.cards import card\n\ndef run(ctx):\n    return card\n")
+
+    def version():
+        registry.code_version.cache_clear()
+        return registry.code_version("my_stage")
+
+    first = version()
+    assert set(registry.import_closure("my_stage")) == {"my_stage", "pipeline", "pipeline.cards"}
+    stage.write_text(stage.read_text() + "# a comment\n")
+    second = version()
+    stage.write_text(stage.read_text() + "\ndef later():\n    from pipeline import transfer\n")  # a lazy import
+    third = version()
+    assert len({first, second, third}) == 3
+    assert "pipeline.transfer" in registry.import_closure("my_stage")
