@@ -21,6 +21,7 @@ number of processes is not resumed from (the shards differ): the phase starts ov
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import random
@@ -123,9 +124,12 @@ class Checkpointer:
 
     def save(self, phase: str, learn, epochs_done: int, n_epochs: int, recorder) -> None:
         """Every rank calls this at the same epoch end; rank 0 writes, and a failed write stops all ranks."""
-        ranks = distributed.gather_objects(_plain({"rng": _rng_state(), "loaders": _loader_states(learn)}))
+        mine = io.BytesIO()  # tensors travel between ranks as torch.save bytes (pickled tensors do not)
+        torch.save(_plain({"rng": _rng_state(), "loaders": _loader_states(learn)}), mine)
+        gathered = distributed.gather_objects(mine.getvalue())
         error = None
         if distributed.is_rank0():
+            ranks = [torch.load(io.BytesIO(data), weights_only=True) for data in gathered]
             blob = _plain({"phase": phase, "epochs_done": epochs_done, "n_epochs": n_epochs,
                            "model": _unwrapped(learn.model).state_dict(), "opt": learn.opt.state_dict(), "ranks": ranks,
                            "rows": recorder.rows, "batch_losses": recorder.batch_losses})

@@ -35,9 +35,16 @@ class DDPCallback(Callback):
         ids = [torch.cuda.current_device()] if next(self.learn.model.parameters()).is_cuda else None
         self.learn.model = _DDP(self.learn.model, device_ids=ids, find_unused_parameters=self.find_unused)
 
+    def before_epoch(self):
+        self.trained = False
+
+    def after_train(self):
+        self.trained = True
+
     def after_epoch(self):
         rec = self.learn.recorder
-        if "train_loss" not in rec.metric_names:
+        # An epoch skipped on resume (fastai's SkipToEpoch cancels it before training) logged no loss.
+        if not self.trained or "train_loss" not in rec.metric_names:
             return
         i = rec.metric_names.index("train_loss")
         rec.log[i] = all_reduce_sum([float(rec.log[i])])[0] / dist.get_world_size()

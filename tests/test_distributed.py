@@ -147,8 +147,8 @@ def test_two_process_stage_resumes_after_kill_9(tmp_path, data_dir):
     from flows.launching import torchrun_command
     from pipeline.checkpoint import partial_dir
 
-    epochs = 4
-    cfg = load_config("smoke", ["nproc=2", f"pretrain.epochs={epochs}", "pretrain.max_docs=40"])
+    epochs = 3
+    cfg = load_config("smoke", ["nproc=2", f"pretrain.epochs={epochs}", "pretrain.max_docs=30"])
     (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
 
     def command(root):
