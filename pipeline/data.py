@@ -18,11 +18,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import pipeline
 from pipeline.download import download_dataset
 from pipeline.errors import DataError
 
-REGISTRY_PATH = Path(pipeline.__file__).parents[1] / "data" / "registry.toml"
+REGISTRY_PATH = Path(__file__).parent / "datasets.toml"  # inside the package: found from any install
 DEFAULT_DATA_DIR = "~/.cache/ulmfit-flow/data"
 USER_FORMATS = ".csv, .tsv, .parquet, .jsonl, or a folder of .txt files"
 # One document longer than this is refused: it is almost certainly a whole corpus (or a
