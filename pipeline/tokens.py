@@ -67,9 +67,6 @@ class TokenizedCorpus:
     def doc(self, i: int) -> np.ndarray:
         return self.ids[self.offsets[i]:self.offsets[i + 1]]
 
-    def doc_tokens(self, i: int) -> list[str]:
-        return [self.types[t] for t in self.doc(i)]
-
 
 # --- tokenization --------------------------------------------------------------------------
 

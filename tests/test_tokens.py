@@ -6,6 +6,11 @@ from pipeline import tokens
 from pipeline.tokens import (SPECIAL_TOKENS, UNK, build_vocab, numericalize, tokenize_cached, tokenize_texts)
 
 
+def words(corpus, i: int) -> list[str]:
+    """Document i of a tokenized corpus as token strings."""
+    return [corpus.types[t] for t in corpus.doc(i)]
+
+
 def test_fastai_rules_applied():
     toks = tokenize_texts(["This is GREAT!!!! <br /><br />I loved it it it it"])[0]
     assert toks[0] == "xxbos"
@@ -28,7 +33,7 @@ def test_cache_is_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(tokens, "_stream_chunks", lambda *a: pytest.fail("tokenized again"))
     second = tokenize_cached(texts, tmp_path, n_workers=0)
     assert second.types == first.types and np.array_equal(second.ids, first.ids)
-    assert len(second) == 2 and second.doc_tokens(0)[0] == "xxbos"
+    assert len(second) == 2 and words(second, 0)[0] == "xxbos"
 
 
 def test_cache_key_depends_on_text_and_settings():
@@ -43,7 +48,7 @@ def test_parallel_matches_serial(tmp_path, monkeypatch):
     texts = [f"Review number {i} is OK! " * (i % 3 + 1) for i in range(12)]
     parallel = tokenize_cached(texts, tmp_path / "a", n_workers=2)
     serial = tokenize_cached(texts, tmp_path / "b", n_workers=0)
-    assert [parallel.doc_tokens(i) for i in range(12)] == [serial.doc_tokens(i) for i in range(12)] == tokenize_texts(texts)
+    assert [words(parallel, i) for i in range(12)] == [words(serial, i) for i in range(12)] == tokenize_texts(texts)
     assert parallel.types == serial.types and np.array_equal(parallel.ids, serial.ids)
 
 
