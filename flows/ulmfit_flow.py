@@ -7,6 +7,7 @@ folder), is not run again and its task run ends in the state `Cached`. Prefect o
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -19,7 +20,7 @@ from flows.launching import launch  # in process, or under torchrun when cfg.npr
 from flows.params import (AdaptSettings, BackboneName, ClassifySettings, Preset, PretrainSettings, StageName,
                           typed_overrides)
 from flows.reporting import report_stage, stage_progress
-from pipeline.artifacts import read_metrics
+from pipeline.artifacts import partial_dir, read_metrics
 from pipeline.config import RunConfig, load_config
 from pipeline.locking import run_dir_lock
 from pipeline.stages.registry import REGISTRY, depends_on, stage_folders
@@ -35,6 +36,7 @@ def stage_task(stage: str, cfg: RunConfig, out_dir: str, upstream: Optional[str]
     a crash); the UI gets a progress artifact."""
     folder = Path(out_dir)
     if not force and restore(folder, cache_key, cfg):
+        shutil.rmtree(partial_dir(folder), ignore_errors=True)  # checkpoints of an earlier, interrupted try
         return Completed(name="Cached", data=_result(stage, folder), message=f"{stage}: {cache_key} from the cache")
     with stage_progress(stage, cfg):
         launch(stage, cfg, upstream, out_dir, cache_key)

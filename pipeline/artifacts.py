@@ -61,6 +61,12 @@ def atomic_dir(target: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def partial_dir(stage_dir: str | Path) -> Path:
+    """Where a stage folder's epoch checkpoints live while it trains: `<stage>.partial` beside it."""
+    stage_dir = Path(stage_dir)
+    return stage_dir.with_name(f"{stage_dir.name}.partial")
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

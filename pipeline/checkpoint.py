@@ -40,11 +40,6 @@ from pipeline.errors import ArtifactError
 log = logging.getLogger("ulmfit")
 
 
-def partial_dir(stage_dir: str | Path) -> Path:
-    stage_dir = Path(stage_dir)
-    return stage_dir.with_name(f"{stage_dir.name}.partial")
-
-
 def _plain(obj: Any) -> Any:
     """Only tensors and Python builtins, so the file loads with weights_only=True."""
     if isinstance(obj, torch.Tensor):
@@ -89,6 +84,16 @@ def _restore_loaders(learn, states: list[dict]) -> None:
             dl.make_chunks()
 
 
+def _rank_states(learn) -> list[dict]:
+    """Every rank's RNG and data-loader state, in rank order (this process's alone outside DDP)."""
+    state = _plain({"rng": _rng_state(), "loaders": _loader_states(learn)})
+    if not distributed.is_distributed():
+        return [state]
+    mine = io.BytesIO()  # tensors travel between ranks as torch.save bytes (pickled tensors do not)
+    torch.save(state, mine)
+    return [torch.load(io.BytesIO(data), weights_only=True) for data in distributed.gather_objects(mine.getvalue())]
+
+
 def _rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(legacy=False),
              "torch": torch.get_rng_state()}
@@ -124,15 +129,12 @@ class Checkpointer:
 
     def save(self, phase: str, learn, epochs_done: int, n_epochs: int, recorder) -> None:
         """Every rank calls this at the same epoch end; rank 0 writes, and a failed write stops all ranks."""
-        mine = io.BytesIO()  # tensors travel between ranks as torch.save bytes (pickled tensors do not)
-        torch.save(_plain({"rng": _rng_state(), "loaders": _loader_states(learn)}), mine)
-        gathered = distributed.gather_objects(mine.getvalue())
+        ranks = _rank_states(learn)
         error = None
         if distributed.is_rank0():
-            ranks = [torch.load(io.BytesIO(data), weights_only=True) for data in gathered]
             blob = _plain({"phase": phase, "epochs_done": epochs_done, "n_epochs": n_epochs,
-                           "model": _unwrapped(learn.model).state_dict(), "opt": learn.opt.state_dict(), "ranks": ranks,
-                           "rows": recorder.rows, "batch_losses": recorder.batch_losses})
+                           "model": _unwrapped(learn.model).state_dict(), "opt": learn.opt.state_dict(),
+                           "ranks": ranks, "rows": recorder.rows, "batch_losses": recorder.batch_losses})
             error = self._write(phase, blob)
         error = distributed.broadcast_object(error)
         if error is not None:

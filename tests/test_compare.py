@@ -50,3 +50,15 @@ def test_compare_rejects_unknown_names(tmp_path):
     assert proc.returncode == 2 and "lstm9000" in proc.stderr
     proc = ulmfit("compare", "--preset", "smoke", "--variants", "half", "--out", str(tmp_path / "c"))
     assert proc.returncode == 2 and "half" in proc.stderr
+
+
+def test_compare_notebook_reads_the_real_report(compare_dir, monkeypatch):
+    """4_compare.ipynb on what `ulmfit compare` wrote (tests/test_notebooks.py runs it on a plain run)."""
+    from tests.test_notebooks import execute, outputs_text
+
+    book = execute("4_compare.ipynb", compare_dir, monkeypatch)
+    assert not [o for c in book.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    text = outputs_text(book)
+    assert "not a compare run" not in text and "image/png" in text
+    for value in ("awd_lstm", "gpt", "no_adapt", "test_accuracy"):  # the report's table, shown as read
+        assert value in text

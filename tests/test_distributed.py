@@ -145,7 +145,7 @@ def test_two_process_stage_resumes_after_kill_9(tmp_path, data_dir):
     hand it their RNG and data-loader states); after kill -9 the same command resumes on both ranks
     and ends where an uninterrupted 2-process run ends (same tolerance as tests/test_resume.py)."""
     from flows.launching import torchrun_command
-    from pipeline.checkpoint import partial_dir
+    from pipeline.artifacts import partial_dir
 
     epochs = 3
     cfg = load_config("smoke", ["nproc=2", f"pretrain.epochs={epochs}", "pretrain.max_docs=30"])

@@ -117,11 +117,12 @@ def test_bad_config_is_rejected_before_running(override, fragment, tmp_path):
 
 def test_predict_command(first_run):
     run_dir, _ = first_run
-    proc = ulmfit("predict", "--run", str(run_dir), "What a great film!", "Awful.")
+    proc = ulmfit("predict", "--run", str(run_dir), "What a great film!", "Awful.", "What a great film!")
     assert proc.returncode == 0, proc.output[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [r["text"] for r in rows] == ["What a great film!", "Awful."]
-    assert all(r["label"] in ("neg", "pos") and 0.5 <= r["probability"] <= 1 for r in rows)
+    assert [r["text"] for r in rows] == ["What a great film!", "Awful.", "What a great film!"]
+    assert all(r["label"] in read_metrics(run_dir / "classify")["classes"] for r in rows)
+    assert rows[0] == rows[2]  # the same text, the same answer: no state carried from one text to the next
 
 
 def test_predict_errors(tmp_path):

@@ -54,14 +54,6 @@ def test_notebook_runs_on_a_smoke_run(name, smoke_run, monkeypatch):
         assert "this is not a compare run" in outputs_text(book)
 
 
-def test_compare_notebook_plots_a_comparison_table(tmp_path, monkeypatch):
-    (tmp_path / "compare.csv").write_text("config,test_accuracy,held_out_perplexity_after\n"
-                                          "awd_lstm,0.70,103.2\nno pretraining,0.61,180.5\n")
-    book = execute("4_compare.ipynb", tmp_path, monkeypatch)
-    text = outputs_text(book)
-    assert "not a compare run" not in text and "no pretraining" in text and "image/png" in text
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebooks_are_committed_clean(path):
     book = json.loads(path.read_text())

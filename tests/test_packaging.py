@@ -1,6 +1,7 @@
 """The package stands alone: a non-editable install of the built wheel runs the smoke flow from an
 unrelated working directory, so nothing it needs (presets, the dataset registry) lives outside it."""
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -20,8 +21,14 @@ def _run(cmd, **kwargs):
 
 @pytest.mark.slow
 def test_wheel_install_runs_the_smoke_flow_from_anywhere(tmp_path, data_dir):
+    # Built from a copy of the tracked files: the build writes build/ and *.egg-info beside its source.
+    files = _run(["git", "ls-files"], cwd=REPO).stdout.split()
+    source = tmp_path / "src"
+    for name in files:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, source / name)
     _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
-          tmp_path / "dist", REPO])
+          tmp_path / "dist", source])
     wheel = next((tmp_path / "dist").glob("ulmfit_flow-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert {"pipeline/datasets.toml", "pipeline/presets/smoke.toml", "flows/cli.py"} <= set(names)

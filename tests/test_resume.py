@@ -14,8 +14,8 @@ import time
 import pytest
 import torch
 
-from pipeline.artifacts import read_metrics
-from pipeline.checkpoint import Checkpointer, partial_dir
+from pipeline.artifacts import partial_dir, read_metrics
+from pipeline.checkpoint import Checkpointer
 
 EPOCHS = 4
 ARGS = ["run", "--preset", "smoke", "--set", f"pretrain.epochs={EPOCHS}", "--set", "pretrain.max_docs=40"]

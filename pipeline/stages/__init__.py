@@ -1,1 +1,2 @@
-"""One module per stage, each with one entry point `run(cfg, ...) -> StageResult`."""
+"""One module per stage, each with one entry point `run(ctx: StageContext) -> StageResult`; the stages
+are listed in `pipeline.stages.registry`."""

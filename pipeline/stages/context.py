@@ -51,7 +51,8 @@ def make_context(stage: str, cfg: RunConfig, out_dir: str | Path, upstream_dir: 
     out = Path(out_dir).expanduser().resolve()
     checkpointer = None
     if resumable:
-        from pipeline.checkpoint import Checkpointer, partial_dir
+        from pipeline.artifacts import partial_dir
+        from pipeline.checkpoint import Checkpointer
 
         checkpointer = Checkpointer(partial_dir(out), cache_key)
     upstream = Path(upstream_dir).expanduser().resolve() if upstream_dir else None
