@@ -13,8 +13,11 @@ status 2 and one `ulmfit: error: ...` line.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -35,7 +38,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_with_torchrun() -> None:
+    """torchrun starts each rank in a session of its own, so a kill -9 of torchrun (or of the run that
+    started it) would leave the ranks training on as orphans, writing the checkpoints a rerun
+    resumes from. On Linux, ask the kernel to kill this rank when torchrun dies."""
+    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # torchrun died before the request took effect
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _exit_with_torchrun()
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:

@@ -165,8 +165,12 @@ def test_two_process_stage_resumes_after_kill_9(tmp_path, data_dir):
             assert victim.poll() is None, (tmp_path / "victim.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.1)
-        os.killpg(victim.pid, signal.SIGKILL)  # torchrun and both ranks
+        os.killpg(victim.pid, signal.SIGKILL)  # torchrun; the ranks (sessions of their own) die with it
         victim.wait()
+    deadline = time.monotonic() + 30
+    while _ranks_of(tmp_path / "run") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _ranks_of(tmp_path / "run"), "a rank outlived torchrun"
     saved = torch.load(checkpoint, weights_only=True)
     done = saved["epochs_done"]
     assert 1 <= done < epochs and len(saved["ranks"]) == 2, done
@@ -184,6 +188,13 @@ def test_two_process_stage_resumes_after_kill_9(tmp_path, data_dir):
     ref, got = (read_metrics(root / "pretrain") for root in (tmp_path / "ref", tmp_path / "run"))
     assert got["valid_perplexity"] == pytest.approx(ref["valid_perplexity"], rel=1e-3)
     assert len((tmp_path / "run" / "pretrain" / "history.csv").read_text().splitlines()) == 1 + epochs
+
+
+def _ranks_of(run_dir) -> list:
+    import psutil
+
+    return [p for p in psutil.process_iter(["cmdline"])
+            if "pipeline.launch" in (p.info["cmdline"] or []) and str(run_dir) in " ".join(p.info["cmdline"])]
 
 
 def test_rank_error_becomes_one_line_user_error():
