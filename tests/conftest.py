@@ -22,6 +22,18 @@ def pytest_runtest_makereport(item, call):
         item.failed = True
 
 
+@pytest.fixture(scope="module", autouse=True)
+def module_cache_dir(tmp_path_factory):
+    """A cache dir (token cache and stage store) per test module: a run that a module expects to
+    train must not find its stages in the store because another module's run computed them."""
+    session_dir = os.environ["ULMFIT_CACHE_DIR"]
+    os.environ["ULMFIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        yield Path(os.environ["ULMFIT_CACHE_DIR"])
+    finally:
+        os.environ["ULMFIT_CACHE_DIR"] = session_dir
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     path = Path(os.environ["ULMFIT_DATA_DIR"])

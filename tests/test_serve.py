@@ -12,6 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 STAGES = ("pretrain", "adapt", "classify")
+# The served process outlives this module (test_browser shares it), and with it its stage store:
+# each run that must train gets a seed of its own, so no other test's run makes its stages Cached.
+SEEDS = {"artifacts": 101, "logs": 102, "rerun": 103}
 
 
 @pytest.fixture()
@@ -50,9 +53,11 @@ def artifacts(client, flow_run_id) -> dict:
 
 
 def test_deployment_has_typed_parameters(served):
+    from pipeline.config import available_presets
+
     schema = served["deployment"].parameter_openapi_schema
     props = schema["properties"]
-    assert props["preset"]["enum"] == ["smoke", "cpu", "full"]
+    assert props["preset"]["enum"] == available_presets() == ["cpu", "full", "smoke"]  # from the presets folder
     assert props["backbone"]["anyOf"][0]["enum"] == ["awd_lstm", "gpt", "bert"]
     assert props["rerun"]["anyOf"][0]["enum"] == list(STAGES)
     for stage in STAGES:  # nested forms with typed fields, not a JSON blob
@@ -63,7 +68,8 @@ def test_deployment_has_typed_parameters(served):
 
 def test_run_from_deployment_completes_with_artifacts(served, client, tmp_path):
     out = tmp_path / "ui-run"
-    params = {"preset": "smoke", "backbone": "awd_lstm", "out_dir": str(out), "classify": {"n_test": 40}}
+    params = {"preset": "smoke", "backbone": "awd_lstm", "out_dir": str(out), "classify": {"n_test": 40},
+              "overrides": [f"seed={SEEDS['artifacts']}"]}
     run = run_deployment_and_wait(client, served, params)
     assert run.state.name == "Completed", f"{run.state}\n{_log_tail(served['log'])}"
     assert task_states(client, run.id) == dict.fromkeys(STAGES, "Completed")
@@ -83,7 +89,8 @@ def test_run_from_deployment_completes_with_artifacts(served, client, tmp_path):
 def test_epoch_lines_reach_the_run_logs(served, client, tmp_path):
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    run = run_deployment_and_wait(client, served, {"preset": "smoke", "out_dir": str(tmp_path / "logs-run")})
+    run = run_deployment_and_wait(client, served, {"preset": "smoke", "out_dir": str(tmp_path / "logs-run"),
+                                                   "overrides": [f"seed={SEEDS['logs']}"]})
     assert run.state.name == "Completed"
     wanted = [re.compile(r"^pretrain epoch 1/1: train_loss"), re.compile(r"^phase2 epoch 1/1: ")]
     # Log lines are shipped in batches and can land after the run is marked Completed: re-read a while.
@@ -98,10 +105,10 @@ def test_epoch_lines_reach_the_run_logs(served, client, tmp_path):
 
 
 def test_rerun_classify_from_the_api_keeps_upstream_cached(served, client, tmp_path):
-    out = str(tmp_path / "rerun")
-    first = run_deployment_and_wait(client, served, {"preset": "smoke", "out_dir": out})
+    params = {"preset": "smoke", "out_dir": str(tmp_path / "rerun"), "overrides": [f"seed={SEEDS['rerun']}"]}
+    first = run_deployment_and_wait(client, served, params)
     assert first.state.name == "Completed"
-    again = run_deployment_and_wait(client, served, {"preset": "smoke", "out_dir": out, "rerun": "classify"})
+    again = run_deployment_and_wait(client, served, {**params, "rerun": "classify"})
     assert again.state.name == "Completed"
     assert task_states(client, again.id) == {"pretrain": "Cached", "adapt": "Cached", "classify": "Completed"}
     assert {"pretrain-card", "adapt-card", "classify-card"} <= set(artifacts(client, again.id))
