@@ -36,11 +36,13 @@ class Backbone:
     vocab_keys: tuple[str, ...]  # LM state_dict entries whose first dim is the vocabulary
     lm_to_classifier: Callable[[dict], dict]  # LM state_dict -> classifier encoder entries
     next_token_logits: Callable[[nn.Module, torch.Tensor, object], torch.Tensor]  # (model, ids (1, n), specials)
+    classifier_head: Callable[[nn.Module], nn.Module]  # the classifier's head: its input is the pooled features
     lm_callbacks: Callable[[int, object, int], list] = field(default=lambda vocab_sz, specials, seed: [])
     classifier_callbacks: Callable[[], list] = field(default=lambda: [])
     max_seq_len: Callable[[dict], Optional[int]] = field(default=lambda arch: None)
     load_checkpoint: Optional[Callable[[str], tuple]] = None  # local HF folder -> (LM, arch), for init_from
     compilable: bool = False  # torch.compile pays off (fastai's weight-dropped LSTM gains little and breaks graphs)
+    cpu_bf16: bool = False  # precision=auto trains in bf16 on a CPU with native bf16 (measured: BENCHMARKS.md)
 
 
 REGISTRY: dict[str, Backbone] = {}
@@ -154,6 +156,7 @@ register(Backbone(
     vocab_keys=("0.encoder.weight", "0.encoder_dp.emb.weight", "1.decoder.weight", "1.decoder.bias"),
     lm_to_classifier=_awd_lm_to_classifier,
     next_token_logits=_awd_next,
+    classifier_head=lambda model: model[1].layers,  # PoolingLinearClassifier: concat pooling, then these
     lm_callbacks=_rnn_callbacks,
     classifier_callbacks=_rnn_callbacks,
 ))
@@ -171,6 +174,7 @@ register(Backbone(
     vocab_keys=("hf.transformer.wte.weight", "hf.lm_head.weight"),
     lm_to_classifier=hf.lm_to_classifier,
     next_token_logits=hf.causal_next,
+    classifier_head=hf.classifier_head,
     max_seq_len=hf.max_positions,
     load_checkpoint=hf.load_causal_lm,
     compilable=True,
@@ -190,6 +194,7 @@ register(Backbone(
                 "hf.cls.predictions.bias", "hf.cls.predictions.decoder.bias"),
     lm_to_classifier=hf.lm_to_classifier,
     next_token_logits=hf.masked_next,
+    classifier_head=hf.classifier_head,
     lm_callbacks=_masked_lm_callbacks,
     max_seq_len=hf.max_positions,
     load_checkpoint=hf.load_masked_lm,

@@ -157,6 +157,7 @@ class RunConfig(_Frozen):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA with mixed precision when present, else CPU.")
     seed: int = Field(42, description="Random seed for sampling and initialisation.")
     nproc: int = Field(1, ge=1, description="Data-parallel processes per stage (torchrun + DDP; one per GPU, gloo on CPU). Batch sizes stay global (split over the processes). Not part of cache keys.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="Arithmetic of training and evaluation: fp32; bf16 = autocast (float32 weights, bf16 matmuls/LSTM/attention; fp16 with loss scaling on GPUs without bf16); auto = bf16 on GPUs, and on CPUs with native bf16 for backbones measured faster at <= 1 % validation-loss difference (BENCHMARKS.md). Part of cache keys.")
     compile: bool = Field(False, description="torch.compile the gpt/bert backbones on CUDA (ignored on CPU and for awd_lstm). Not part of cache keys.")
     # a factory: ModelConfig's validation reads the backbone registry, which imports this module
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -236,5 +237,5 @@ def stage_config(cfg: RunConfig, stage: str) -> dict:
     floating-point and batch-sharding noise)."""
     tok = cfg.tokenizer.model_dump(exclude={"n_workers"})
     section = getattr(cfg, stage, None)
-    return {"stage": stage, "seed": cfg.seed, "model": cfg.model.used(),
+    return {"stage": stage, "seed": cfg.seed, "precision": cfg.precision, "model": cfg.model.used(),
             "tokenizer": tok, stage: section.model_dump() if isinstance(section, BaseModel) else None}

@@ -143,3 +143,11 @@ def shard_items(items: list, r: int | None = None, n: int | None = None) -> list
     if n == 1:
         return items
     return items[r::n][: len(items) // n]
+
+
+def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
+    """In place: the element-wise mean of `tensor` over all ranks (unchanged for one process)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= dist.get_world_size()
+    return tensor

@@ -152,6 +152,10 @@ def classifier_split(model: "TransformerClassifier") -> list:
     return groups + [_rest(model, groups)]
 
 
+def classifier_head(model: "TransformerClassifier") -> nn.Module:
+    return model.head
+
+
 def lm_to_classifier(lm_state: dict) -> dict:
     """LM `hf.<base>.x` -> classifier `encoder.x` (<base> = transformer, bert, roberta, ...)."""
     prefixes = [k.split(".")[1] for k in lm_state if k.startswith("hf.")]

@@ -61,7 +61,7 @@ def lm_loader(docs: list[torch.Tensor], bs: int, bptt: int, shuffle: bool, devic
 
 
 def lm_learner(backbone: Backbone, model, arch: dict, data: LMData, bs: int, bptt: int, wd: float, device,
-               specials, seed: int, compile_model: bool = False):
+               specials, seed: int, compile_model: bool = False, precision: str = "fp32"):
     limit = backbone.max_seq_len(arch)
     if limit and bptt > limit:
         raise ConfigError(f"bptt={bptt} exceeds the {backbone.name} model's {limit} positions")
@@ -71,7 +71,8 @@ def lm_learner(backbone: Backbone, model, arch: dict, data: LMData, bs: int, bpt
     dls = DataLoaders(train, lm_loader(data.valid, bs, bptt, False, device), device=device)
     callbacks = backbone.lm_callbacks(arch["vocab_size"], specials, seed)
     return make_learner(dls, model, backbone.lm_splitter, callbacks,
-                        metrics=[lm_accuracy, Perplexity()], wd=wd, device=device, compile_model=compile_model)
+                        metrics=[lm_accuracy, Perplexity()], wd=wd, device=device, compile_model=compile_model,
+                        precision=precision)
 
 
 def evaluate(learn) -> dict:
@@ -83,17 +84,19 @@ def evaluate(learn) -> dict:
     return {"loss": float(loss), "perplexity": float(math.exp(loss)), "accuracy": float(acc)}
 
 
-def final_scores(learn) -> dict:
-    """`evaluate` after training, without a second pass over the held-out stream when fit just made one:
-    fastai validates at the end of every epoch, on the same stream with the same (final) weights
-    (masked-LM validation is seeded), so those numbers are the ones a fresh pass would give."""
-    rec = getattr(learn, "recorder", None)
-    values, names = getattr(rec, "values", None), getattr(rec, "metric_names", [])
-    if not values or "valid_loss" not in names or "lm_accuracy" not in names:
+def final_scores(learn, recorder) -> dict:
+    """`evaluate` after training, without a second pass over the held-out stream when fit just made one.
+
+    `recorder` is the stage's EpochLog: its last row is the last epoch trained (or restored on
+    resume) with the final weights, named by fastai's metric names (masked-LM validation is
+    seeded, so a fresh pass would give the same numbers). With no epoch trained (adaptation
+    skipped: epochs=0) there is no such row and the held-out stream is evaluated."""
+    rows = getattr(recorder, "rows", None)
+    last = rows[-1] if rows else {}
+    if "valid_loss" not in last or "lm_accuracy" not in last:
         return evaluate(learn)
-    row = dict(zip(names[1:], values[-1]))  # values[-1] holds the last epoch's log minus 'epoch'
-    loss = float(row["valid_loss"])
-    return {"loss": loss, "perplexity": float(math.exp(loss)), "accuracy": float(row["lm_accuracy"])}
+    loss = float(last["valid_loss"])
+    return {"loss": loss, "perplexity": float(math.exp(loss)), "accuracy": float(last["lm_accuracy"])}
 
 
 @torch.no_grad()

@@ -100,13 +100,13 @@ def _clock(secs: float) -> str:
 
 
 def make_learner(dls, model, splitter, callbacks, metrics, wd: float, device: torch.device,
-                 compile_model: bool = False) -> Learner:
+                 compile_model: bool = False, precision: str = "fp32") -> Learner:
     # Adam with beta2 = 0.99 as in ULMFiT; beta1 follows the one-cycle momentum schedule.
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), opt_func=partial(Adam, sqr_mom=0.99),
                     splitter=splitter, cbs=callbacks, metrics=metrics, wd=wd, moms=(0.8, 0.7, 0.8))
     learn.remove_cb(ProgressCallback)
     learn.logger = lambda *_: None  # EpochLog writes the lines
-    return prepare(learn, device, compile_model)  # GPU precision, torch.compile, DDP: no-ops on one CPU process
+    return prepare(learn, device, compile_model, precision)  # precision, torch.compile, DDP
 
 
 def fit(learn: Learner, epochs: int, lr, schedule: str, phase: str, recorder: EpochLog, ckpt=None) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.accel import wants_compile
+from pipeline.accel import resolve_precision, wants_compile
 from pipeline.artifacts import ModelFile, load_model_file
 from pipeline.backbones import get_backbone, with_vocab
 from pipeline.config import AdaptConfig, RunConfig
@@ -71,10 +71,11 @@ def run(ctx: StageContext) -> StageResult:
     pretrained = load_model_file(ctx.upstream(), expect_kind="lm")
     train_texts, valid_texts = split_held_out(domain_texts(ac, resolve_data_dir(cfg.data_dir)), ac, cfg.seed)
     backbone, device = get_backbone(pretrained.backbone), pick_device(cfg.device)
+    precision = resolve_precision(cfg.precision, backbone, device)
     encoder, arch, model, n_known = target_model(cfg, pretrained, train_texts)
     data = lm_data(encoder, train_texts, valid_texts, f"{ac.corpus}/lm")
     learn = lm_learner(backbone, model, arch, data, ac.bs, ac.bptt, ac.wd, device, encoder.specials, cfg.seed,
-                       compile_model=wants_compile(cfg.compile, backbone, device))
+                       compile_model=wants_compile(cfg.compile, backbone, device), precision=precision)
     itos = encoder.itos
     log.info("adapt: vocab %d (%d known to stage 1), %d train / %d held-out tokens", len(itos), n_known,
              data.n_train_tokens, data.n_valid_tokens)
@@ -90,7 +91,7 @@ def run(ctx: StageContext) -> StageResult:
     fit(learn, ac.epochs, discriminative(ac.lr, n_groups, ac.lr_decay), ac.schedule, ctx.stage, recorder,
         ctx.checkpointer)
     train_secs = time.perf_counter() - train_start
-    after = final_scores(learn)
+    after = final_scores(learn, recorder)
 
     epochs = ac.frozen_epochs + ac.epochs
     metrics = {"held_out_perplexity_before": before["perplexity"], "held_out_perplexity_after": after["perplexity"],
@@ -100,7 +101,7 @@ def run(ctx: StageContext) -> StageResult:
                "vocab_size": len(itos), "vocab_known_from_pretrain": n_known, "params": count_params(model),
                "backbone": backbone.name, "objective": backbone.objective,
                "train_seconds": train_secs, "train_tokens_per_sec": epochs * data.n_train_tokens / max(train_secs, 1e-9),
-               "wall_seconds": time.perf_counter() - start, "device": str(device)}
+               "wall_seconds": time.perf_counter() - start, "device": str(device), "precision": precision}
     samples = {p: generate(learn.model, backbone, encoder, p, seed=cfg.seed) for p in SAMPLE_PROMPTS}
     samples = {f"{p} (before)": prompts_before[p] for p in SAMPLE_PROMPTS} | {f"{p} (after)": s for p, s in samples.items()}
     result = write_lm_stage(

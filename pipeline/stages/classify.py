@@ -20,7 +20,7 @@ from fastai.metrics import accuracy
 from fastai.text.data import SortedDL, pad_input_chunk
 
 from pipeline import distributed
-from pipeline.accel import wants_compile
+from pipeline.accel import resolve_precision, wants_compile
 from pipeline.artifacts import ModelFile, cpu_state, load_model_file, write_stage
 from pipeline.backbones import get_backbone
 from pipeline.cards import card, confusion_table, loss_plot
@@ -69,7 +69,10 @@ def build_model(mf: ModelFile, n_class: int, cc: ClassifyConfig, specials, load_
     if load_encoder:
         wanted = backbone.lm_to_classifier(mf.state_dict)
         missing, unexpected = model.load_state_dict(wanted, strict=False)
-        encoder_missing = [k for k in missing if k in wanted]
+        # Everything outside the head must come from the LM; only the head starts fresh.
+        head_keys = {k for name, module in model.named_modules() if module is backbone.classifier_head(model)
+                     for k in module.state_dict(prefix=f"{name}.")}
+        encoder_missing = [k for k in missing if k not in head_keys]
         if unexpected or encoder_missing:
             raise ArtifactError(f"LM weights do not fit the classifier: unexpected {unexpected}, missing {encoder_missing}")
     return backbone, model
@@ -117,12 +120,13 @@ def run(ctx: StageContext) -> StageResult:
                           for s in ("train", "valid", "test"))
     device = pick_device(cfg.device)
     backbone, model = build_model(adapted, len(classes), cc, encoder.specials)
+    precision = resolve_precision(cfg.precision, backbone, device)
     # Under DDP: this rank's share of the training examples and of the batch; every rank validates
     # and tests on the whole sets, so the metrics are the global ones.
     train_dl = loader(distributed.shard_items(train), cc, True, device, pad, distributed.per_rank_batch(cc.bs))
     dls = DataLoaders(train_dl, loader(valid, cc, False, device, pad), device=device)
     learn = make_learner(dls, model, backbone.classifier_splitter, backbone.classifier_callbacks(), [accuracy],
-                         cc.wd, device, compile_model=wants_compile(cfg.compile, backbone, device))
+                         cc.wd, device, compile_model=wants_compile(cfg.compile, backbone, device), precision=precision)
     learn.create_opt()
     log.info("classify: %d train / %d valid / %d test examples, %d params, %d layer groups", len(train),
              len(valid), len(test), count_params(model), len(learn.opt.param_lists))
@@ -135,7 +139,7 @@ def run(ctx: StageContext) -> StageResult:
                "test_source": splits.test_source, "confusion_matrix": scores["confusion"], "classes": classes,
                "n_labels": len(train), "n_valid": len(valid), "epochs": int(sum(cc.epochs_per_phase)),
                "params": count_params(model), "backbone": backbone.name, "train_seconds": train_secs,
-               "wall_seconds": time.perf_counter() - start, "device": str(device)}
+               "wall_seconds": time.perf_counter() - start, "device": str(device), "precision": precision}
     history = recorder.history()
     model_file = ModelFile(kind="classifier", stage=ctx.stage, backbone=backbone.name, arch=adapted.arch,
                            config=stage_config(cfg, ctx.stage), state_dict=cpu_state(learn.model),

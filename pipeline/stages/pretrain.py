@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 
-from pipeline.accel import wants_compile
+from pipeline.accel import resolve_precision, wants_compile
 from pipeline.backbones import Backbone, get_backbone
 from pipeline.config import RunConfig
 from pipeline.data import load_corpus, resolve_data_dir
@@ -56,16 +56,17 @@ def run(ctx: StageContext) -> StageResult:
     seed_everything(cfg.seed)
     train_texts, valid_texts = corpus_texts(cfg)
     backbone, device = get_backbone(cfg.model.backbone), pick_device(cfg.device)
+    precision = resolve_precision(cfg.precision, backbone, device)
     encoder, arch, model = initial_model(cfg, backbone, train_texts)
     data = lm_data(encoder, train_texts, valid_texts, pc.corpus)
     learn = lm_learner(backbone, model, arch, data, pc.bs, pc.bptt, pc.wd, device, encoder.specials, cfg.seed,
-                       compile_model=wants_compile(cfg.compile, backbone, device))
+                       compile_model=wants_compile(cfg.compile, backbone, device), precision=precision)
     log.info("pretrain: %s, %d params, vocab %d, %d train / %d valid tokens, device %s", backbone.name,
              count_params(model), len(encoder.itos), data.n_train_tokens, data.n_valid_tokens, device)
     recorder, train_start = EpochLog(ctx.stage), time.perf_counter()
     fit(learn, pc.epochs, pc.lr, pc.schedule, ctx.stage, recorder, ctx.checkpointer)
     train_secs = time.perf_counter() - train_start
-    scores = final_scores(learn)
+    scores = final_scores(learn, recorder)
 
     metrics = {"valid_perplexity": scores["perplexity"], "valid_accuracy": scores["accuracy"],
                "valid_loss": scores["loss"], "corpus": pc.corpus, "epochs": pc.epochs,
@@ -75,7 +76,7 @@ def run(ctx: StageContext) -> StageResult:
                "init_from": pc.init_from,
                "train_seconds": train_secs,
                "train_tokens_per_sec": pc.epochs * data.n_train_tokens / max(train_secs, 1e-9),
-               "wall_seconds": time.perf_counter() - start, "device": str(device)}
+               "wall_seconds": time.perf_counter() - start, "device": str(device), "precision": precision}
     samples = {p: generate(learn.model, backbone, encoder, p, seed=cfg.seed) for p in SAMPLE_PROMPTS}
     result = write_lm_stage(
         ctx, learn, backbone, encoder, arch, metrics, recorder, samples, "Stage 1: pretrained language model",
