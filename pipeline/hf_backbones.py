@@ -89,7 +89,14 @@ class HFLanguageModel(nn.Module):
         self.hf = hf
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.hf(input_ids=ids).logits
+        return self.hf(input_ids=plain(ids)).logits
+
+
+def plain(ids: torch.Tensor) -> torch.Tensor:
+    """fastai hands models its TensorBase subclass; every torch op on a subclass goes through a Python
+    __torch_function__ dispatch, which inside a transformer's hundreds of small ops costs real CPU time.
+    A plain tensor view of the same storage avoids it (the outputs are plain tensors too)."""
+    return ids.as_subclass(torch.Tensor) if type(ids) is not torch.Tensor else ids
 
 
 def build_causal_lm(arch: dict) -> nn.Module:
@@ -178,6 +185,7 @@ class TransformerClassifier(nn.Module):
                                   LinBnDrop(50, n_class, p=0.1 * drop_mult))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = plain(ids)
         bs, length = ids.shape
         extra = -length % self.chunk_len
         if extra:
