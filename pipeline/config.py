@@ -139,7 +139,8 @@ class ClassifyConfig(_Frozen):
     truncation: Literal["head", "head_tail"] = Field("head", description="With max_tokens: keep the first N tokens (head), or the first N/4 and the last 3N/4 (head_tail, Sun et al. 2019).")
     pooling: Literal["auto", "concat", "last", "first", "mean"] = Field("auto", description="How token states become one vector: concat = [last, max, mean] (ULMFiT), last token, first token ([CLS]-style), mean; auto = the backbone's default (awd_lstm/gpt: concat, bert: mean). awd_lstm supports only concat.")
     wd: float = Field(0.1, ge=0, description="Weight decay.")
-    drop_mult: float = Field(1.0, ge=0, description="Dropout multiplier for the classifier's ULMFiT dropouts (fastai's IMDb tutorial uses 0.5).")
+    drop_mult: float = Field(1.0, ge=0, description="Dropout multiplier for the classifier: the AWD-LSTM's ULMFiT dropouts, a transformer encoder's dropouts, and the head's (fastai's IMDb tutorial uses 0.5).")
+    recompute_bn_stats: bool = Field(True, description="Before each evaluation, re-estimate the head's BatchNorm statistics over the training examples with the current weights (pipeline/bn_stats.py). Off = running averages from training, which mislead when pooled features barely vary between reviews (small or barely trained LMs) or after few steps.")
 
     @model_validator(mode="after")
     def _phases_match(self):

@@ -216,12 +216,21 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     return torch.cat([hidden[rows, last], biggest, mean], dim=1)
 
 
+DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+def classifier_dropout(arch: dict, drop_mult: float) -> dict:
+    """The LM's encoder dropouts times classify.drop_mult, as the AWD-LSTM classifier scales its own:
+    one setting reaches the whole classifier, encoder included."""
+    return {**arch, **{k: arch[k] * drop_mult for k in DROPOUT_KEYS if k in arch}}
+
+
 def classifier_builder(default_pooling: str):
     def build(arch: dict, n_class: int, clas: ClassifyConfig, specials) -> nn.Module:
         limit = max_positions(arch)
         if limit and clas.bptt > limit:
             raise ConfigError(f"classify.bptt={clas.bptt} exceeds the model's {limit} positions")
-        encoder = _transformers().AutoModel.from_config(config_from_arch(arch))
+        encoder = _transformers().AutoModel.from_config(config_from_arch(classifier_dropout(arch, clas.drop_mult)))
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None  # BERT's NSP pooler: unused, and it has no pretrained weights here
         pooling = default_pooling if clas.pooling == "auto" else clas.pooling

@@ -23,6 +23,7 @@ from pipeline import distributed
 from pipeline.accel import resolve_precision, wants_compile
 from pipeline.artifacts import ModelFile, cpu_state, load_model_file, write_stage
 from pipeline.backbones import get_backbone
+from pipeline.bn_stats import RecomputeBNStats
 from pipeline.cards import card, confusion_table, loss_plot
 from pipeline.config import ClassifyConfig, stage_config
 from pipeline.data import resolve_data_dir
@@ -125,7 +126,8 @@ def run(ctx: StageContext) -> StageResult:
     # and tests on the whole sets, so the metrics are the global ones.
     train_dl = loader(distributed.shard_items(train), cc, True, device, pad, distributed.per_rank_batch(cc.bs))
     dls = DataLoaders(train_dl, loader(valid, cc, False, device, pad), device=device)
-    learn = make_learner(dls, model, backbone.classifier_splitter, backbone.classifier_callbacks(), [accuracy],
+    callbacks = backbone.classifier_callbacks() + ([RecomputeBNStats()] if cc.recompute_bn_stats else [])
+    learn = make_learner(dls, model, backbone.classifier_splitter, callbacks, [accuracy],
                          cc.wd, device, compile_model=wants_compile(cfg.compile, backbone, device), precision=precision)
     learn.create_opt()
     log.info("classify: %d train / %d valid / %d test examples, %d params, %d layer groups", len(train),
