@@ -132,7 +132,7 @@ def test_recomputed_statistics_are_those_of_the_training_features():
     features = torch.cat([xb for xb, _ in batches])
     assert torch.allclose(bn.running_mean, features.mean(0), atol=1e-6)
     assert torch.allclose(bn.running_var, features.var(0), rtol=0.05)
-XX
+    assert head.training and bn.momentum == 0.1  # the model's mode and the momentum are restored
 
 
 @pytest.mark.parametrize("name", BACKBONES)
