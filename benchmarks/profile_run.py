@@ -49,7 +49,7 @@ def timed(owner, attr: str, name: str) -> None:
     original = getattr(owner, attr)
 
     def wrapper(*args, **kwargs):
-        if STATE["phase"] != f"{STATE['stage']}:{STATE['stage']}":  # nested inside another timed part
+        if STATE["phase"] != STATE["stage"]:  # nested inside another timed part, or in a training batch
             return original(*args, **kwargs)
         with part(name):
             return original(*args, **kwargs)
@@ -93,12 +93,14 @@ class PhaseTimer(Callback):
         end, stage = time.perf_counter(), STATE["stage"]
         if not self.training:
             TOTALS[(stage, "evaluation")] += end - self.t0
+            STATE["phase"] = stage
             return
         TOTALS[(stage, "forward")] += self.t1 - self.t0
         TOTALS[(stage, "loss (softmax + CE)")] += self.t2 - self.t1
         TOTALS[(stage, "backward")] += self.t3 - self.t2
         TOTALS[(stage, "optimizer")] += self.t4 - self.t3
         TOTALS[(stage, "train: data + callbacks")] += end - self.t4
+        STATE["phase"] = stage
         self.n_train += 1
         if self.prof is not None and self.n_train == self.PROFILED_BATCHES[1]:
             self.prof.__exit__(None, None, None)
@@ -155,22 +157,23 @@ def install() -> None:
 
 def stage_clock() -> None:
     """Set STATE['stage'] while each stage's entry point runs, and record its wall time."""
-    import pipeline.stages.adapt as adapt
-    import pipeline.stages.classify as classify
-    import pipeline.stages.pretrain as pretrain
+    from pipeline.stages.registry import Stage
 
-    for module in (pretrain, adapt, classify):
-        original = module.run
+    original = Stage.entry
 
-        def run(*args, _original=original, _name=module.NAME, **kwargs):
-            STATE["stage"] = STATE["phase"] = _name
+    def entry(self):
+        run = original(self)
+
+        def timed_run(ctx):
+            STATE["stage"] = STATE["phase"] = self.name
             start = time.perf_counter()
             try:
-                return _original(*args, **kwargs)
+                return run(ctx)
             finally:
-                TOTALS[(_name, "stage wall")] += time.perf_counter() - start
+                TOTALS[(self.name, "stage wall")] += time.perf_counter() - start
                 STATE["stage"] = STATE["phase"] = "flow"
-        module.run = run
+        return timed_run
+    Stage.entry = entry
 
 
 def report(flow_secs: float) -> dict:
@@ -208,15 +211,15 @@ def main() -> None:
     import flows  # noqa: F401  (Prefect defaults)
     from pipeline.config import load_config
 
-    load_config(args.preset, args.overrides)  # validate before starting
+    cfg = load_config(args.preset, args.overrides)
     install()
     stage_clock()
     stop = threading.Event()
     threading.Thread(target=sample_memory, args=(stop,), daemon=True).start()
-    from flows.ulmfit_flow import ulmfit_flow
+    from flows.ulmfit_flow import ulmfit_config_flow
 
     start = time.perf_counter()
-    ulmfit_flow(preset=args.preset, overrides=args.overrides, out_dir=args.out, rerun="pretrain")
+    ulmfit_config_flow(config=cfg, out_dir=args.out, rerun="pretrain")  # every stage computed, none from the store
     flow_secs = time.perf_counter() - start
     stop.set()
     numbers = report(flow_secs)

@@ -9,19 +9,20 @@
 - Missing encoder weights are reported, not silently left at their random initialisation.
 - Skipping adaptation reports the model's own held-out scores, not a shifted history row.
 """
-import json
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.artifacts import read_metrics
+from pipeline.artifacts import ModelFile, read_metrics
 from pipeline.backbones import REGISTRY, get_backbone
 from pipeline.bn_stats import BN_TYPES, recompute_bn_stats
 from pipeline.config import ClassifyConfig, load_config
 from pipeline.errors import ArtifactError
 from pipeline.stages import adapt, classify, pretrain
 from pipeline.stages.classify import build_model
+from pipeline.stages.context import make_context
 from pipeline.text import WORD_SPECIALS
 from tests.test_model_parts import tiny_arch
 
@@ -34,8 +35,8 @@ def lm_dirs(tmp_path_factory, data_dir):
     root, dirs = tmp_path_factory.mktemp("health"), {}
     for name in BACKBONES:
         cfg = load_config("smoke", [f"model.backbone={name}", "adapt.epochs=0", "adapt.frozen_epochs=0"])
-        p = pretrain.run(cfg, root / name / "pretrain")
-        dirs[name] = (p.path, adapt.run(cfg, p.path, root / name / "adapt").path)
+        p = pretrain.run(make_context("pretrain", cfg, root / name / "pretrain"))
+        dirs[name] = (p.path, adapt.run(make_context("adapt", cfg, root / name / "adapt", p.path)).path)
     return dirs
 
 
@@ -64,7 +65,7 @@ def _fitted_classifier(name: str, adapt_dir: str, out_dir, monkeypatch, schedule
     monkeypatch.setattr(classify, "evaluate", keep_learner)
     if squash:
         monkeypatch.setattr(classify, "build_model", squashed)
-    classify.run(cfg, adapt_dir, out_dir)
+    classify.run(make_context("classify", cfg, out_dir, adapt_dir))
     return seen["learn"]
 
 
@@ -140,12 +141,12 @@ def test_missing_encoder_weights_are_reported(name):
     backbone, arch = get_backbone(name), tiny_arch(name)
     state = backbone.build_lm(arch).state_dict()
     encoder_key = next(k for k in state if backbone.lm_to_classifier({k: state[k]}))  # an LM weight the encoder uses
-    blob = {"backbone": name, "arch": json.dumps(arch),
-            "state_dict": {k: v for k, v in state.items() if k != encoder_key}}
+    lm = ModelFile(kind="lm", stage="adapt", backbone=name, arch=arch, config={}, vocab=[], tokenizer={},
+                   state_dict={k: v for k, v in state.items() if k != encoder_key})
     with pytest.raises(ArtifactError, match="missing"):
-        build_model(blob, 2, ClassifyConfig(bptt=16), WORD_SPECIALS)
-    blob["state_dict"] = state  # complete: the head is the only part that starts fresh
-    build_model(blob, 2, ClassifyConfig(bptt=16), WORD_SPECIALS)
+        build_model(lm, 2, ClassifyConfig(bptt=16), WORD_SPECIALS)
+    complete = dataclasses.replace(lm, state_dict=state)  # the head is the only part that starts fresh
+    build_model(complete, 2, ClassifyConfig(bptt=16), WORD_SPECIALS)
 
 
 @pytest.mark.parametrize("name", ["awd_lstm", "bert"])
