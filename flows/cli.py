@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                          help="override applied to every cell (repeatable)")
     compare.add_argument("--out", help="output directory (default: runs/compare-PRESET)")
+    compare.add_argument("--seeds", type=int, default=1, help="seeds per cell (labeled sample + classifier init); "
+                         "the table gives mean ± sd (default 1)")
+    compare.add_argument("--reseed-lm", action="store_true", help="also retrain the language models per seed "
+                         "(default: every classifier seed shares them)")
+    compare.add_argument("--results", metavar="FILE", help="rewrite the marked section of this file (e.g. RESULTS.md) "
+                         "from the report")
     sub.add_parser("stages", help="list the stages, backbones and presets")
     serve = sub.add_parser("serve", help="open the Prefect UI and serve the flows as deployments (Ctrl-C stops)")
     serve.add_argument("--port", type=int, default=4200, help="port of the local server (0 = any free port; default 4200)")
@@ -67,12 +73,14 @@ def _cmd_compare(args) -> int:
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
     n_labels = [int(n) for n in split(args.n_labels)] if args.n_labels else None
     out = args.out or f"runs/compare-{args.preset}"
-    grid(args.preset, split(args.backbones), split(args.variants), n_labels, args.overrides, out)  # validate first
+    grid(args.preset, split(args.backbones), split(args.variants), n_labels, args.overrides, out,  # validate first
+         args.seeds, args.reseed_lm)
     from flows.compare_flow import compare_flow
 
     start = time.perf_counter()
     result = compare_flow(preset=args.preset, backbones=split(args.backbones), variants=split(args.variants),
-                          n_labels=n_labels, overrides=args.overrides, out_dir=out)
+                          n_labels=n_labels, overrides=args.overrides, out_dir=out, seeds=args.seeds,
+                          reseed_lm=args.reseed_lm, results=args.results)
     print(f"\nulmfit compare finished in {time.perf_counter() - start:.1f}s; report: {result['report']}")
     for name, states in result["states"].items():
         print(f"  {name:28s} " + " ".join(f"{stage}={state}" for stage, state in states.items()))

@@ -15,7 +15,8 @@ from prefect import flow
 from flows.params import BackboneName, Preset
 from flows.ulmfit_flow import run_stages
 from pipeline.backbones import REGISTRY as BACKBONES
-from pipeline.compare import VARIANTS, cell_row, grid, markdown, write_report
+from pipeline.compare import VARIANTS, cell_row, grid
+from pipeline.compare_report import markdown, summarize, update_results, write_report
 from pipeline.config import RunConfig
 from pipeline.locking import run_dir_lock
 
@@ -31,11 +32,24 @@ def cell_flow(name: str, config: RunConfig, folders: dict[str, str]) -> dict:
 @flow(name="compare", log_prints=True, persist_result=True)
 def compare_flow(preset: Preset = "cpu", backbones: list[BackboneName] = list(BACKBONES),  # noqa: B006
                  variants: list[Variant] = list(VARIANTS), n_labels: Optional[list[int]] = None,  # noqa: B006
-                 overrides: Optional[list[str]] = None, out_dir: Optional[str] = None) -> dict:
-    """Run every cell (cached), then write and publish the comparison table and plot."""
+                 overrides: Optional[list[str]] = None, out_dir: Optional[str] = None, seeds: int = 1,
+                 reseed_lm: bool = False, results: Optional[str] = None) -> dict:
+    """Run every cell at every seed (cached), then write and publish the comparison table and plot.
+
+    Args:
+        preset: Preset of every cell.
+        backbones: Backbones compared.
+        variants: full pipeline, no pretraining (random init), no adaptation.
+        n_labels: Label budgets (empty = the preset's), e.g. [100, 300, 1000].
+        overrides: section.field=value settings applied to every cell.
+        out_dir: Output folder (default: runs/compare-PRESET).
+        seeds: Seeds per cell: each draws the labeled sample and initialises the classifier; the table gives mean ± sd.
+        reseed_lm: Also retrain the language models per seed (default: shared by all classifier seeds).
+        results: A results file (e.g. RESULTS.md) whose marked section is rewritten from the report.
+    """
     shown_out = out_dir or f"runs/compare-{preset}"
     out = Path(shown_out).expanduser().resolve()
-    cells = grid(preset, list(backbones), list(variants), n_labels, overrides or [], out)
+    cells = grid(preset, list(backbones), list(variants), n_labels, overrides or [], out, seeds, reseed_lm)
     states, rows = {}, []
     with run_dir_lock(out):
         for cell in cells:
@@ -45,8 +59,11 @@ def compare_flow(preset: Preset = "cpu", backbones: list[BackboneName] = list(BA
         command = " ".join(["ulmfit compare", f"--preset {preset}", f"--backbones {','.join(backbones)}",
                             f"--variants {','.join(variants)}"]
                            + ([f"--n-labels {','.join(map(str, n_labels))}"] if n_labels else [])
+                           + ([f"--seeds {seeds}"] if seeds > 1 else []) + (["--reseed-lm"] if reseed_lm else [])
                            + [f"--set {o}" for o in overrides or []] + [f"--out {shown_out}"])
         report = write_report(out, rows, command)
+        if results:
+            update_results(results, report, command + f" --results {results}")
     _publish(rows, report)
     return {"report": str(report), "rows": rows, "states": states}
 
@@ -62,4 +79,4 @@ def _publish(rows: list[dict], report) -> None:
                                  + f"\n\nPlot: `{report / 'compare.png'}`\n", description="Backbone comparison")
     except Exception as err:  # noqa: BLE001 - artifacts are a convenience, the files are the record
         print(f"could not publish Prefect artifacts: {err}")
-    print(markdown(pd.DataFrame(rows)))
+    print(markdown(summarize(pd.DataFrame(rows))))

@@ -84,3 +84,20 @@ def linear_probe(model, backbone, train_batches, valid_batches, test_batches) ->
     x_test, y_test = pooled_features(model, backbone, test_batches)
     scores = tuned_logistic_regression(x_train, y_train, x_valid, y_valid, x_test, y_test, standardize=True)
     return {**scores, "features": int(x_train.shape[1]), "seconds": time.perf_counter() - start}
+
+
+def same_sample_baselines(model, backbone, splits, batches: dict) -> dict:
+    """TF-IDF + LR on the splits' texts and the linear probe on `model`'s frozen pooled features
+    (`batches`: split name -> loader of (ids, label) batches), as flat `tfidf_*` / `probe_*` metrics."""
+    index = {c: i for i, c in enumerate(splits.classes)}
+    labels = {s: getattr(splits, s)["label"].map(index).to_numpy() for s in ("train", "valid", "test")}
+    texts = {s: getattr(splits, s)["text"].tolist() for s in ("train", "valid", "test")}
+    tfidf = tfidf_baseline(texts["train"], labels["train"], texts["valid"], labels["valid"], texts["test"],
+                           labels["test"])
+    probe = linear_probe(model, backbone, batches["train"], batches["valid"], batches["test"])
+    out = {}
+    for prefix, scores in (("tfidf", tfidf), ("probe", probe)):
+        out |= {f"{prefix}_test_accuracy": scores["test_accuracy"], f"{prefix}_valid_accuracy": scores["valid_accuracy"],
+                f"{prefix}_C": scores["C"], f"{prefix}_features": scores["features"],
+                f"{prefix}_seconds": scores["seconds"]}
+    return out

@@ -1,28 +1,31 @@
-"""The LSTM-vs-transformer comparison: a grid of runs and the table and plot they produce.
+"""The LSTM-vs-transformer comparison: a grid of runs, one row per cell and seed.
 
-A cell is (backbone, variant[, label budget]); every cell is an ordinary run of the stages with
-its own validated config and explicit stage folders, shared wherever the stage would be identical,
-so a stage is trained once per backbone and adding a backbone computes only its own cells (the
-stage store, `pipeline.store`, gives a cell any stage another compare or run already computed):
+A cell is (backbone, variant, label budget, seed); every cell is an ordinary run of the stages
+with its own validated config and explicit stage folders, shared wherever the stage would be
+identical, so a stage is trained once per backbone and adding a backbone, a label budget or a
+seed computes only the new cells (the stage store, `pipeline.store`, also gives a cell any stage
+another compare or run already computed):
 
     out/gpt/pretrain          <- full, no_adapt          (trained on WikiText)
     out/gpt/pretrain-none     <- no_pretrain             (pretrain.epochs=0: random weights)
     out/gpt/adapt             <- full
     out/gpt/adapt-none        <- no_adapt                (adapt epochs 0: stage-1 weights, target vocab)
     out/gpt/adapt-from-random <- no_pretrain
-    out/gpt/classify-<variant>[-<n>labels]     (and so for any stage registered after classify)
+    out/gpt/classify-<variant>-<n>labels-seed<s>   (and so for any stage registered after classify)
+
+Seeds. Seed s sets `classify.seed`: the labeled sample, the validation hold-out, the classifier's
+initialisation and batch order. The test sample comes from the run's seed, so every cell and
+seed is scored on the same test reviews, and the LM stages are shared by all classifier seeds.
+With `reseed_lm`, seed s is the run's seed instead: the LM stages are trained once per seed too
+(their folders get a `-seed<s>` suffix) and the test sample changes with the seed. The first
+seed is the preset's own, so a one-seed compare shares its stages with a plain `ulmfit run`.
 """
 from __future__ import annotations
 
-import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
-from pipeline.artifacts import atomic_dir, read_metrics
-from pipeline.cards import frame_table
+from pipeline.artifacts import read_metrics
 from pipeline.config import RunConfig, load_config
 from pipeline.errors import ConfigError
 from pipeline.stages.registry import stage_names
@@ -36,9 +39,7 @@ VARIANTS = {
 _DIRS = {"full": {"pretrain": "pretrain", "adapt": "adapt"},
          "no_pretrain": {"pretrain": "pretrain-none", "adapt": "adapt-from-random"},
          "no_adapt": {"pretrain": "pretrain", "adapt": "adapt-none"}}
-COLUMNS = ["backbone", "variant", "n_labels", "params", "pretrain_tokens_per_sec", "adapt_tokens_per_sec",
-           "pretrain_perplexity", "adapt_perplexity", "objective", "test_accuracy", "test_size",
-           "pretrain_seconds", "adapt_seconds", "classify_seconds"]
+LM_STAGES = ("pretrain", "adapt")
 
 
 @dataclass(frozen=True)
@@ -46,96 +47,65 @@ class Cell:
     backbone: str
     variant: str
     n_labels: int | None
+    seed: int
     config: RunConfig
     folders: dict[str, Path]  # stage name -> its folder
 
     @property
     def name(self) -> str:
-        return f"{self.backbone}/{self.variant}" + (f"/{self.n_labels}labels" if self.n_labels else "")
+        labels = f"/{self.n_labels}labels" if self.n_labels else ""
+        return f"{self.backbone}/{self.variant}{labels}/seed{self.seed}"
+
+
+def seed_list(preset: str, overrides: list[str], seeds: int) -> list[int]:
+    if seeds < 1:
+        raise ConfigError(f"compare --seeds must be at least 1, not {seeds}")
+    base = load_config(preset, list(overrides)).seed
+    return [base + i for i in range(seeds)]
 
 
 def grid(preset: str, backbones: list[str], variants: list[str], n_labels: list[int] | None,
-         overrides: list[str], out_dir: str | Path) -> list[Cell]:
-    """Every (backbone, variant, label budget) cell with its validated config and stage folders."""
+         overrides: list[str], out_dir: str | Path, seeds: int = 1, reseed_lm: bool = False) -> list[Cell]:
+    """Every (seed, backbone, variant, label budget) cell with its validated config and stage folders,
+    seed by seed (a first pass over every cell finishes before a second seed starts)."""
     from pipeline.backbones import get_backbone
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants or not backbones:
         raise ConfigError(f"compare needs backbones and variants; unknown variants {unknown}, known: {', '.join(VARIANTS)}")
     out, cells = Path(out_dir).expanduser().resolve(), []
-    for backbone in backbones:
-        get_backbone(backbone)
-        for variant in variants:
-            for n in n_labels or [None]:
-                extra = VARIANTS[variant] + ([f"classify.n_labels={n}"] if n else [])
-                cfg = load_config(preset, list(overrides) + [f"model.backbone={backbone}"] + extra)
-                cells.append(Cell(backbone, variant, n, cfg, _folders(out / backbone, variant, n)))
+    for i, seed in enumerate(seed_list(preset, overrides, seeds)):
+        seeded = ([f"seed={seed}"] if reseed_lm else [f"classify.seed={seed}"]) if i else []
+        for backbone in backbones:
+            get_backbone(backbone)
+            for variant in variants:
+                for n in n_labels or [None]:
+                    extra = VARIANTS[variant] + ([f"classify.n_labels={n}"] if n else []) + seeded
+                    cfg = load_config(preset, list(overrides) + [f"model.backbone={backbone}"] + extra)
+                    folders = _folders(out / backbone, variant, n, seed, reseed_lm)
+                    cells.append(Cell(backbone, variant, n, seed, cfg, folders))
     return cells
 
 
-def _folders(root: Path, variant: str, n_labels: int | None) -> dict[str, Path]:
-    own = f"-{variant}" + (f"-{n_labels}labels" if n_labels else "")
-    return {stage: root / _DIRS[variant].get(stage, stage + own) for stage in stage_names()}
+def _folders(root: Path, variant: str, n_labels: int | None, seed: int, reseed_lm: bool) -> dict[str, Path]:
+    lm_suffix = f"-seed{seed}" if reseed_lm else ""
+    own = f"-{variant}" + (f"-{n_labels}labels" if n_labels else "") + f"-seed{seed}"
+    return {stage: root / (_DIRS[variant][stage] + lm_suffix if stage in _DIRS[variant] else stage + own)
+            for stage in stage_names()}
 
 
 def cell_row(cell: Cell) -> dict:
-    """One table row, read from the cell's stage artifacts (so cached cells report their real numbers)."""
+    """One row per cell and seed, read from its stage artifacts (cached cells report their real numbers).
+
+    The budget columns say what the LM stages cost: `lm_tokens` counts the training tokens the
+    language model read in stages 1-2 (tokens x epochs); `lm_seconds` is their wall time in the run
+    that computed them; `lm_pflops` is the usual 6 x parameters x tokens estimate."""
     pre, ada, cla = (read_metrics(cell.folders[s]) for s in ("pretrain", "adapt", "classify"))
-    return {"backbone": cell.backbone, "variant": cell.variant, "n_labels": cla["n_labels"],
-            "params": pre["params"], "pretrain_tokens_per_sec": pre["train_tokens_per_sec"],
-            "adapt_tokens_per_sec": ada["train_tokens_per_sec"], "pretrain_perplexity": pre["valid_perplexity"],
-            "adapt_perplexity": ada["held_out_perplexity_after"], "objective": pre.get("objective", "causal"),
-            "test_accuracy": cla["test_accuracy"], "test_size": cla["test_size"],
-            "pretrain_seconds": pre["wall_seconds"], "adapt_seconds": ada["wall_seconds"],
-            "classify_seconds": cla["wall_seconds"]}
-
-
-def plot(table: pd.DataFrame) -> bytes:
-    """Test accuracy per backbone, one bar per variant (and label budget)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    table = table.assign(series=table["variant"] + table["n_labels"].map(lambda n: f" ({n} labels)"))
-    wide = table.pivot_table(index="backbone", columns="series", values="test_accuracy", sort=False)
-    fig, ax = plt.subplots(figsize=(8, 4))
-    wide.plot.bar(ax=ax, rot=0)
-    ax.set(ylabel="test accuracy", xlabel="backbone", title="IMDb test accuracy by backbone and ablation")
-    low = max(0.0, float(table["test_accuracy"].min()) - 0.1)
-    ax.set_ylim(low, min(1.0, float(table["test_accuracy"].max()) + 0.05))
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def markdown(table: pd.DataFrame) -> str:
-    shown = table.copy()
-    for col in shown.columns:
-        if col.endswith("_seconds") or col.endswith("_per_sec"):
-            shown[col] = shown[col].round(0).astype(int)
-    shown["test_accuracy"] = (100 * shown["test_accuracy"]).round(2)
-    shown["pretrain_perplexity"] = shown["pretrain_perplexity"].round(1)
-    shown["adapt_perplexity"] = shown["adapt_perplexity"].round(1)
-    return frame_table(shown.rename(columns={"test_accuracy": "test_accuracy_%"}))
-
-
-def write_report(out_dir: str | Path, rows: list[dict], command: str = "") -> Path:
-    """compare.csv, compare.md and compare.png in `out_dir/report`, written atomically."""
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    target = Path(out_dir).expanduser().resolve() / "report"
-    with atomic_dir(target) as tmp:
-        table.to_csv(tmp / "compare.csv", index=False)
-        (tmp / "compare.png").write_bytes(plot(table))
-        note = ("Perplexities: causal LMs report next-token perplexity; `masked` (bert) reports perplexity on "
-                "the 15 % masked tokens, which is not comparable with it. Seconds and tokens/s are those of the "
-                "run that computed the stage (a cached stage keeps its original numbers).")
-        (tmp / "compare.md").write_text(f"# Backbone comparison\n\n{('`' + command + '`') if command else ''}\n\n"
-                                        f"{markdown(table)}\n\n{note}\n\n![test accuracy](compare.png)\n")
-        (tmp / "cells.json").write_text(json.dumps(rows, indent=2, default=str))
-    return target
+    lm_tokens = sum(m["train_tokens"] * m["epochs"] for m in (pre, ada))
+    return {"backbone": cell.backbone, "variant": cell.variant, "n_labels": cla["n_labels"], "seed": cell.seed,
+            "test_accuracy": cla["test_accuracy"], "probe_test_accuracy": cla.get("probe_test_accuracy"),
+            "tfidf_test_accuracy": cla.get("tfidf_test_accuracy"), "test_size": cla["test_size"],
+            "params": pre["params"], "lm_tokens": lm_tokens, "lm_pflops": 6 * pre["params"] * lm_tokens / 1e15,
+            "pretrain_perplexity": pre["valid_perplexity"], "adapt_perplexity": ada["held_out_perplexity_after"],
+            "objective": pre.get("objective", "causal"),
+            "lm_seconds": pre["wall_seconds"] + ada["wall_seconds"], "classify_seconds": cla["wall_seconds"]}

@@ -140,6 +140,8 @@ class ClassifyConfig(_Frozen):
     pooling: Literal["auto", "concat", "last", "first", "mean"] = Field("auto", description="How token states become one vector: concat = [last, max, mean] (ULMFiT), last token, first token ([CLS]-style), mean; auto = the backbone's default (awd_lstm/gpt: concat, bert: mean). awd_lstm supports only concat.")
     wd: float = Field(0.1, ge=0, description="Weight decay.")
     drop_mult: float = Field(1.0, ge=0, description="Dropout multiplier for the classifier: the AWD-LSTM's ULMFiT dropouts, a transformer encoder's dropouts, and the head's (fastai's IMDb tutorial uses 0.5).")
+    seed: int | None = Field(None, description="Seed of the labeled sample, the validation hold-out, the classifier's initialisation and batch order (None = the run's seed). The test sample always comes from the run's seed, so classifiers of different seeds are scored on the same reviews; `ulmfit compare --seeds` varies this one.")
+    baselines: bool = Field(True, description="Also score, on exactly the same samples, TF-IDF (word 1-2-grams) + logistic regression and a linear probe (logistic regression on the frozen encoder's pooled features before fine-tuning), each with C chosen on the validation hold-out: the bar the fine-tuned classifier has to clear.")
     recompute_bn_stats: bool = Field(True, description="Before each evaluation, re-estimate the head's BatchNorm statistics over the training examples with the current weights (pipeline/bn_stats.py). Off = running averages from training, which mislead when pooled features barely vary between reviews (small or barely trained LMs) or after few steps.")
 
     @model_validator(mode="after")

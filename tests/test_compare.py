@@ -1,10 +1,11 @@
-"""`ulmfit compare` on the smoke preset: the grid, its table and plot, and cell-level caching."""
+"""`ulmfit compare` on the smoke preset: the grid with seeds, the TF-IDF row and probes, its table and plot,
+cell-level caching, and the results file it rewrites."""
 import pandas as pd
 import pytest
 
 from tests.test_flow import ulmfit
 
-CELL_LINE = r"^\s+(\S+/\S+)\s+pretrain=(\w+) adapt=(\w+) classify=(\w+)"
+CELL_LINE = r"^\s+(\S+/\S+/seed\d+)\s+pretrain=(\w+) adapt=(\w+) classify=(\w+)"
 
 
 def cell_states(proc) -> dict:
@@ -18,31 +19,53 @@ def compare_dir(tmp_path_factory, data_dir):
     return tmp_path_factory.mktemp("compare") / "out"
 
 
-def test_compare_writes_table_and_plot(compare_dir):
-    proc = ulmfit("compare", "--preset", "smoke", "--backbones", "awd_lstm", "--out", str(compare_dir))
+def test_compare_with_seeds_baseline_and_probe(compare_dir, tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\nA reading that stays.\n")
+    proc = ulmfit("compare", "--preset", "smoke", "--backbones", "awd_lstm", "--seeds", "2", "--out", str(compare_dir),
+                  "--results", str(results))
     assert proc.returncode == 0, proc.output[-3000:]
     states = cell_states(proc)
-    assert set(states) == {"awd_lstm/full", "awd_lstm/no_pretrain", "awd_lstm/no_adapt"}, proc.stdout[-3000:]
-    assert states["awd_lstm/no_adapt"][0] == "Cached", proc.output[-4000:]  # shares the full cell's pretraining
+    variants = ("full", "no_pretrain", "no_adapt")
+    assert set(states) == {f"awd_lstm/{v}/seed{s}" for v in variants for s in (42, 43)}, proc.stdout[-3000:]
+    assert states["awd_lstm/no_adapt/seed42"][0] == "Cached", proc.output[-4000:]  # shares the full cell's pretraining
+    for v in variants:  # the second seed retrains only the classifier
+        assert states[f"awd_lstm/{v}/seed43"] == ("Cached", "Cached", "Completed"), states
+
     report = compare_dir / "report"
-    table = pd.read_csv(report / "compare.csv")
-    assert list(table["variant"]) == ["full", "no_pretrain", "no_adapt"]
-    assert table["test_accuracy"].between(0, 1).all() and (table["params"] > 0).all()
-    no_pre = table.set_index("variant").loc["no_pretrain"]
-    assert no_pre["pretrain_perplexity"] > table.set_index("variant").loc["full", "pretrain_perplexity"]
+    cells = pd.read_csv(report / "cells.csv")
+    assert len(cells) == 6 and set(cells["seed"]) == {42, 43}
+    assert cells["test_accuracy"].between(0, 1).all() and cells["probe_test_accuracy"].between(0, 1).all()
+    assert cells.groupby("seed")["tfidf_test_accuracy"].nunique().eq(1).all()  # one labeled sample per seed
+    assert cells["test_size"].nunique() == 1  # every seed is tested on the same reviews
+    table = pd.read_csv(report / "compare.csv").set_index("backbone")
+    runs = table.loc["awd_lstm"].set_index("variant")
+    assert list(runs.index) == list(variants) and (runs["seeds"] == 2).all()
+    assert runs["test_accuracy_sd"].ge(0).all() and runs["probe_test_accuracy_mean"].between(0, 1).all()
+    lm_tokens = runs["lm_tokens"]  # full = stage 1 + stage 2; each ablation drops one of them
+    assert lm_tokens["full"] == pytest.approx(lm_tokens["no_pretrain"] + lm_tokens["no_adapt"]) and lm_tokens.gt(0).all()
+    assert runs.loc["no_pretrain", "pretrain_perplexity"] > runs.loc["full", "pretrain_perplexity"]
+    baseline = table.loc["tfidf+lr"]
+    assert baseline["seeds"] == 2 and 0 <= baseline["test_accuracy_mean"] <= 1
     assert (report / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| awd_lstm | full |" in (report / "compare.md").read_text()
+    markdown = (report / "compare.md").read_text()
+    assert "| awd_lstm | full | 60 | 2 |" in markdown and "| tfidf+lr | - | 60 | 2 |" in markdown
+
+    text = results.read_text()
+    assert text.startswith("# Results\n\nA reading that stays.") and "| tfidf+lr | - | 60 | 2 |" in text
+    assert "--seeds 2" in text and (tmp_path / "docs" / "out.png").exists()
 
 
 def test_adding_a_backbone_computes_only_its_cells(compare_dir):
     proc = ulmfit("compare", "--preset", "smoke", "--backbones", "awd_lstm,gpt", "--variants", "full,no_adapt",
-                  "--out", str(compare_dir))
+                  "--seeds", "2", "--out", str(compare_dir))
     assert proc.returncode == 0, proc.output[-3000:]
     states = cell_states(proc)
-    assert states["awd_lstm/full"] == ("Cached", "Cached", "Cached")
-    assert states["gpt/full"] == ("Completed", "Completed", "Completed")
+    assert states["awd_lstm/full/seed43"] == ("Cached", "Cached", "Cached")
+    assert states["gpt/full/seed42"] == ("Completed", "Completed", "Completed")
+    assert states["gpt/full/seed43"] == ("Cached", "Cached", "Completed")
     table = pd.read_csv(compare_dir / "report" / "compare.csv")
-    assert set(table["backbone"]) == {"awd_lstm", "gpt"} and len(table) == 4
+    assert set(table["backbone"]) == {"awd_lstm", "gpt", "tfidf+lr"} and len(table) == 5
 
 
 def test_compare_rejects_unknown_names(tmp_path):

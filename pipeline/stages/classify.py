@@ -23,6 +23,7 @@ from pipeline import distributed
 from pipeline.accel import resolve_precision, wants_compile
 from pipeline.artifacts import ModelFile, cpu_state, load_model_file, write_stage
 from pipeline.backbones import get_backbone
+from pipeline.baseline import same_sample_baselines
 from pipeline.bn_stats import RecomputeBNStats
 from pipeline.cards import card, confusion_table, loss_plot
 from pipeline.config import ClassifyConfig, stage_config
@@ -111,10 +112,11 @@ def _summary(splits: LabeledSplits, cc: ClassifyConfig) -> str:
 
 def run(ctx: StageContext) -> StageResult:
     cfg, cc, start = ctx.cfg, ctx.cfg.classify, time.perf_counter()
-    seed_everything(cfg.seed)
+    seed = cfg.seed if cc.seed is None else cc.seed
+    seed_everything(seed)
     adapted = load_model_file(ctx.upstream(), expect_kind="lm")
     data_dir = resolve_data_dir(cfg.data_dir)
-    splits = load_splits(cc, data_dir, cfg.seed)
+    splits = load_splits(cc, data_dir, seed, test_seed=cfg.seed)
     encoder = encoder_from_state(adapted.tokenizer, adapted.vocab, cfg.cache_dir, cfg.tokenizer.n_workers)
     classes, pad = splits.classes, encoder.specials.pad
     train, valid, test = (encode(getattr(splits, s), encoder, classes, cc, f"{cc.corpus}/{s}-sample")
@@ -122,6 +124,13 @@ def run(ctx: StageContext) -> StageResult:
     device = pick_device(cfg.device)
     backbone, model = build_model(adapted, len(classes), cc, encoder.specials)
     precision = resolve_precision(cfg.precision, backbone, device)
+    baselines = {}
+    if cc.baselines:  # before fine-tuning: the probe reads the encoder as the LM stages left it
+        batches = {name: loader(items, cc, False, device, pad) for name, items in
+                   (("train", train), ("valid", valid), ("test", test))}
+        baselines = same_sample_baselines(model, backbone, splits, batches)
+        log.info("classify: on the same samples, TF-IDF + LR %.4f, linear probe %.4f (test accuracy)",
+                 baselines["tfidf_test_accuracy"], baselines["probe_test_accuracy"])
     # Under DDP: this rank's share of the training examples and of the batch; every rank validates
     # and tests on the whole sets, so the metrics are the global ones.
     train_dl = loader(distributed.shard_items(train), cc, True, device, pad, distributed.per_rank_batch(cc.bs))
@@ -139,7 +148,8 @@ def run(ctx: StageContext) -> StageResult:
 
     metrics = {"test_accuracy": scores["accuracy"], "test_error": 1 - scores["accuracy"], "test_size": len(test),
                "test_source": splits.test_source, "confusion_matrix": scores["confusion"], "classes": classes,
-               "n_labels": len(train), "n_valid": len(valid), "epochs": int(sum(cc.epochs_per_phase)),
+               "n_labels": len(train), "n_valid": len(valid), "epochs": int(sum(cc.epochs_per_phase)), "seed": seed,
+               **baselines,
                "params": count_params(model), "backbone": backbone.name, "train_seconds": train_secs,
                "wall_seconds": time.perf_counter() - start, "device": str(device), "precision": precision}
     history = recorder.history()

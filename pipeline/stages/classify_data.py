@@ -65,14 +65,16 @@ def balanced_sample(frame: pd.DataFrame, n: int | None, rng: np.random.Generator
     return frame.loc[np.sort(np.concatenate(picked))]
 
 
-def load_splits(cc: ClassifyConfig, data_dir: Path, seed: int) -> LabeledSplits:
-    rng = np.random.default_rng(seed)
+def load_splits(cc: ClassifyConfig, data_dir: Path, seed: int, test_seed: int | None = None) -> LabeledSplits:
+    """The labeled sample and validation hold-out drawn with `seed`, the test sample with `test_seed`
+    (default: `seed`), so classifiers of several seeds can be scored on the same test reviews."""
+    rng, test_rng = np.random.default_rng(seed), np.random.default_rng(seed if test_seed is None else test_seed)
     labeled_from, test_from, test_source = _sources(cc)
     labeled = _load(*labeled_from, cc, data_dir)
     if test_from is not None:
         test = _load(*test_from, cc, data_dir)
     else:
-        test_idx = balanced_sample(labeled, int(len(labeled) * USER_TEST_FRAC), rng, cc.corpus).index
+        test_idx = balanced_sample(labeled, int(len(labeled) * USER_TEST_FRAC), test_rng, cc.corpus).index
         test, labeled = labeled.loc[test_idx], labeled.drop(index=test_idx)
     classes = sorted(labeled["label"].unique())
     unseen = sorted(set(test["label"]) - set(classes))
@@ -81,7 +83,7 @@ def load_splits(cc: ClassifyConfig, data_dir: Path, seed: int) -> LabeledSplits:
     valid = balanced_sample(labeled, cc.n_valid, rng, f"{cc.corpus} (validation hold-out, classify.n_valid)")
     rest = labeled.drop(index=valid.index)
     train = balanced_sample(rest, cc.n_labels, rng, f"{cc.corpus} (classify.n_labels, after the n_valid hold-out)")
-    test = balanced_sample(test, cc.n_test, rng, f"{test_source} (classify.n_test)")
+    test = balanced_sample(test, cc.n_test, test_rng, f"{test_source} (classify.n_test)")
     return LabeledSplits(classes, train, valid, test, test_source)
 
 
