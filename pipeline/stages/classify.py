@@ -146,7 +146,9 @@ def run(ctx: StageContext) -> StageResult:
     train_secs = time.perf_counter() - train_start
     scores = evaluate(learn, loader(test, cc, False, device, pad), classes)
 
+    last_epoch = recorder.rows[-1] if recorder.rows else {}
     metrics = {"test_accuracy": scores["accuracy"], "test_error": 1 - scores["accuracy"], "test_size": len(test),
+               "valid_accuracy": last_epoch.get("accuracy"),  # the final weights on the hold-out: what tuning selects on
                "test_source": splits.test_source, "confusion_matrix": scores["confusion"], "classes": classes,
                "n_labels": len(train), "n_valid": len(valid), "epochs": int(sum(cc.epochs_per_phase)), "seed": seed,
                **baselines,
