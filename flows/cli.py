@@ -1,4 +1,4 @@
-"""`ulmfit` command line: run the flow, predict with a finished run, list stages."""
+"""`ulmfit` command line: run the flow, predict with a finished run, ensemble two runs, list stages."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
                          "(default: every classifier seed shares them)")
     compare.add_argument("--results", metavar="FILE", help="rewrite the marked section of this file (e.g. RESULTS.md) "
                          "from the report")
+    ensemble = sub.add_parser("ensemble", help="average two finished classifiers' test probabilities "
+                              "(e.g. a forward and a backward run; `run --set model.direction=both` does it itself)")
+    ensemble.add_argument("runs", nargs=2, metavar="RUN", help="run directory (or its classify/ folder)")
+    ensemble.add_argument("--out", help="output folder (default: ensemble/ beside the first classifier folder)")
     sub.add_parser("stages", help="list the stages, backbones and presets")
     serve = sub.add_parser("serve", help="open the Prefect UI and serve the flows as deployments (Ctrl-C stops)")
     serve.add_argument("--port", type=int, default=4200, help="port of the local server (0 = any free port; default 4200)")
@@ -60,10 +64,34 @@ def _cmd_run(args) -> int:
     start = time.perf_counter()
     summary = ulmfit_config_flow(config=cfg, out_dir=args.out or f"runs/{args.preset}", rerun=args.rerun)
     print(f"\nulmfit run finished in {time.perf_counter() - start:.1f}s")
-    for name, stage in STAGES.items():
-        info = summary[name]
-        key, label = stage.headline
-        print(f"  {name:9s} {info['state']:10s} {info['seconds']:8.1f}s  {label}: {info['metrics'][key]:.4f}  -> {info['path']}")
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    """One line per stage of each chain (pretrain, ..., pretrain-backward, ...) and the ensemble's."""
+    from pipeline.ensemble import HEADLINE
+
+    width = max(9, *map(len, summary))
+    for name, info in summary.items():
+        key, label = STAGES[info["stage"]].headline if info["stage"] in STAGES else HEADLINE
+        print(f"  {name:{width}s} {info['state']:10s} {info['seconds']:8.1f}s  {label}: {info['metrics'][key]:.4f}"
+              f"  -> {info['path']}")
+
+
+def _cmd_ensemble(args) -> int:
+    from pathlib import Path
+
+    from pipeline.ensemble import ENSEMBLE, classifier_folder, ensure
+
+    folders = [classifier_folder(run) for run in args.runs]
+    out = Path(args.out).expanduser().resolve() if args.out else folders[0].parent / ENSEMBLE
+    start = time.perf_counter()
+    state, metrics = ensure(folders, out)
+    _print_summary({ENSEMBLE: {"stage": ENSEMBLE, "state": state, "seconds": time.perf_counter() - start,
+                               "metrics": metrics, "path": str(out)}})
+    for member, folder in zip(metrics["members"], folders):
+        print(f"    {member['name']:9s} test accuracy: {member['test_accuracy']:.4f}  <- {folder}")
     return 0
 
 
@@ -114,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for chatty in ("httpx", "httpcore"):  # one line per Prefect API call otherwise
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    commands = {"run": _cmd_run, "compare": _cmd_compare, "predict": _cmd_predict, "stages": _cmd_stages,
-                "serve": _cmd_serve}
+    commands = {"run": _cmd_run, "compare": _cmd_compare, "predict": _cmd_predict, "ensemble": _cmd_ensemble,
+                "stages": _cmd_stages, "serve": _cmd_serve}
     try:
         return commands[args.command](args)
     except UlmfitError as err:

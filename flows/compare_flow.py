@@ -18,6 +18,7 @@ from pipeline.backbones import REGISTRY as BACKBONES
 from pipeline.compare import VARIANTS, cell_row, grid
 from pipeline.compare_report import markdown, summarize, update_results, write_report
 from pipeline.config import RunConfig
+from pipeline.errors import ConfigError
 from pipeline.locking import run_dir_lock
 
 Variant = Literal[tuple(VARIANTS)]
@@ -50,6 +51,9 @@ def compare_flow(preset: Preset = "cpu", backbones: list[BackboneName] = list(BA
     shown_out = out_dir or f"runs/compare-{preset}"
     out = Path(shown_out).expanduser().resolve()
     cells = grid(preset, list(backbones), list(variants), n_labels, overrides or [], out, seeds, reseed_lm)
+    if any(cell.config.model.direction == "both" for cell in cells):  # a cell runs one chain of stages
+        raise ConfigError("compare runs one direction per cell: model.direction=both is for `ulmfit run` "
+                          "(forward, backward and their ensemble in one run folder)")
     states, rows = {}, []
     with run_dir_lock(out):
         for cell in cells:

@@ -1,7 +1,8 @@
 """What the Prefect UI shows about each stage: artifacts and live epoch progress.
 
-- After each stage (computed or cached): a table artifact of its metrics and a markdown
-  artifact of its card (`card.md`, with the loss-curve PNG's path on disk).
+- After each stage, and after the ensemble of a forward + backward run (computed or cached): a
+  table artifact of its metrics and a markdown artifact of its card (`card.md`, with the
+  loss-curve PNG's path on disk). A backward chain's artifacts are keyed `<stage>-backward-...`.
 - While a stage trains: a progress artifact that moves one step per finished epoch. The
   pipeline logs one line per epoch to the "ulmfit" logger (pipeline.training.EpochLog);
   Prefect ships those lines to the run's logs (PREFECT_LOGGING_EXTRA_LOGGERS, see
@@ -80,14 +81,16 @@ class EpochProgress(logging.Handler):
 
 
 @contextlib.contextmanager
-def stage_progress(stage: str, cfg: RunConfig) -> Iterator[None]:
-    """Within a task run: a progress artifact for this stage, updated once per epoch."""
+def stage_progress(stage: str, cfg: RunConfig, label: str | None = None) -> Iterator[None]:
+    """Within a task run: a progress artifact for this stage (named `label`: the stage and its chain's
+    suffix), updated once per epoch."""
     if not _in_run():
         yield
         return
     total = get_stage(stage).epochs(cfg)
-    artifact_id = create_progress_artifact(progress=0.0, key=f"{stage}-progress",
-                                           description=f"{stage}: epochs finished / {total}")
+    label = label or stage
+    artifact_id = create_progress_artifact(progress=0.0, key=f"{label}-progress",
+                                           description=f"{label}: epochs finished / {total}")
     handler = EpochProgress(artifact_id, total)
     logger = logging.getLogger("ulmfit")
     logger.addHandler(handler)

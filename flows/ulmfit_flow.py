@@ -1,5 +1,6 @@
 """The ULMFiT flow: every stage of `pipeline.stages.registry` (pretrain -> adapt -> classify), in
-order, through one generic Prefect task.
+order, through one generic Prefect task. With `model.direction = "both"`, a forward and a backward
+chain of every stage and then their ensemble (`pipeline.ensemble`), as its own task.
 
 Caching is the flow's own (`pipeline.store`), not Prefect's: a stage whose folder in this run
 directory already holds its key's output, or whose key the stage store holds (linked into this
@@ -22,23 +23,24 @@ from flows.params import (AdaptSettings, BackboneName, ClassifySettings, Preset,
 from flows.reporting import report_stage, stage_progress
 from pipeline.artifacts import partial_dir, read_metrics
 from pipeline.config import RunConfig, load_config
+from pipeline.ensemble import ENSEMBLE, chain_folders, chains, classifier_stage, ensure
 from pipeline.locking import run_dir_lock
-from pipeline.stages.registry import REGISTRY, depends_on, stage_folders
+from pipeline.stages.registry import REGISTRY, depends_on
 from pipeline.store import keep, restore, stage_key
 
 
-@task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE, persist_result=False, retries=0,
+@task(name="stage", task_run_name="{stage}{suffix}", cache_policy=NO_CACHE, persist_result=False, retries=0,
       log_prints=True)
 def stage_task(stage: str, cfg: RunConfig, out_dir: str, upstream: Optional[str], cache_key: str,
-               force: bool = False) -> dict:
+               force: bool = False, suffix: str = "") -> dict:
     """Run one stage into `out_dir`, unless that folder holds (or the stage store gives it) the
     stage's output for `cache_key`. Per-epoch checkpoints go to `<out_dir>.partial/` (resume after
-    a crash); the UI gets a progress artifact."""
+    a crash); the UI gets a progress artifact. `suffix` names the chain (e.g. -backward) in the UI."""
     folder = Path(out_dir)
     if not force and restore(folder, cache_key, cfg):
         shutil.rmtree(partial_dir(folder), ignore_errors=True)  # checkpoints of an earlier, interrupted try
         return Completed(name="Cached", data=_result(stage, folder), message=f"{stage}: {cache_key} from the cache")
-    with stage_progress(stage, cfg):
+    with stage_progress(stage, cfg, f"{stage}{suffix}"):
         launch(stage, cfg, upstream, out_dir, cache_key)
     keep(folder, cache_key, cfg)
     return _result(stage, folder)
@@ -48,9 +50,10 @@ def _result(stage: str, folder: Path) -> dict:
     return {"stage": stage, "path": str(folder), "metrics": read_metrics(folder)}
 
 
-def run_stages(cfg: RunConfig, folders: dict[str, Path], rerun: Optional[str] = None) -> dict:
+def run_stages(cfg: RunConfig, folders: dict[str, Path], rerun: Optional[str] = None, suffix: str = "") -> dict:
     """Every registered stage in order, each in its folder and reading its upstream's folder.
-    `rerun` recomputes that stage and every stage that builds on it."""
+    `rerun` recomputes that stage and every stage that builds on it. `suffix` names the chain
+    (the backward one: -backward) in task names, UI artifacts and the summary's keys."""
     summary = {}
     for name, stage in REGISTRY.items():
         folder = Path(folders[name])
@@ -58,19 +61,46 @@ def run_stages(cfg: RunConfig, folders: dict[str, Path], rerun: Optional[str] = 
         key = stage_key(name, cfg, upstream)
         start = time.perf_counter()
         state = stage_task(name, cfg, str(folder), str(upstream) if upstream else None, key,
-                           force=rerun is not None and depends_on(name, rerun), return_state=True)
+                           force=rerun is not None and depends_on(name, rerun), suffix=suffix, return_state=True)
         result = state.result()  # re-raises the stage's error
-        summary[name] = {**result, "state": state.name, "seconds": time.perf_counter() - start}
-        report_stage(name, result["path"], state.name)
+        summary[name + suffix] = {**result, "state": state.name, "seconds": time.perf_counter() - start}
+        report_stage(name + suffix, result["path"], state.name)
+    return summary
+
+
+@task(name="ensemble", cache_policy=NO_CACHE, persist_result=False, retries=0, log_prints=True)
+def ensemble_task(folders: list[str], out_dir: str, cfg: RunConfig) -> dict:
+    """Average the classifiers' test probabilities into `out_dir` (cached like a stage)."""
+    state, metrics = ensure([Path(f) for f in folders], out_dir, cfg)
+    result = {"stage": ENSEMBLE, "path": str(out_dir), "metrics": metrics}
+    if state == "Cached":
+        return Completed(name="Cached", data=result, message=f"{ENSEMBLE}: from the cache")
+    return result
+
+
+def run_directions(cfg: RunConfig, run_dir: Path, rerun: Optional[str] = None) -> dict:
+    """The chain of stages for each direction `cfg` asks for (`pipeline.ensemble.chains`), and for
+    two directions their ensemble in `<run_dir>/ensemble/`."""
+    summary, classifiers = {}, []
+    for suffix, chain_cfg in chains(cfg):
+        folders = chain_folders(run_dir, suffix)
+        summary |= run_stages(chain_cfg, folders, rerun, suffix)
+        classifiers.append(str(folders[classifier_stage()]))
+    if len(classifiers) > 1:
+        start = time.perf_counter()
+        state = ensemble_task(classifiers, str(run_dir / ENSEMBLE), cfg, return_state=True)
+        result = state.result()
+        summary[ENSEMBLE] = {**result, "state": state.name, "seconds": time.perf_counter() - start}
+        report_stage(ENSEMBLE, result["path"], state.name)
     return summary
 
 
 def run_in_folder(cfg: RunConfig, out_dir: str | Path, rerun: Optional[str] = None) -> dict:
-    """The stages in `<out_dir>/<stage>/`, under the run directory's lock (a second run on the same
-    folder fails fast)."""
+    """The stages in `<out_dir>/<stage>/` (and `<stage>-backward/`, `ensemble/` for both directions),
+    under the run directory's lock (a second run on the same folder fails fast)."""
     run_dir = Path(out_dir).expanduser().resolve()
     with run_dir_lock(run_dir):
-        return run_stages(cfg, stage_folders(run_dir), rerun)
+        return run_directions(cfg, run_dir, rerun)
 
 
 @flow(name="ulmfit", log_prints=True, persist_result=True)

@@ -127,8 +127,22 @@ def _write_folder(target: Path, model, metrics, history, card, cache_key, extra_
         (tmp / "card.md").write_text(card)
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        (tmp / MANIFEST).write_text(json.dumps({"cache_key": cache_key, "files": files}, indent=2))
+        _write_manifest(tmp, cache_key)
+
+
+def write_files(target: Path, files: dict[str, bytes], cache_key: str = "") -> Path:
+    """Write a folder of these files and its manifest atomically, as a stage folder without a model
+    (the ensemble's: pipeline/ensemble.py)."""
+    with atomic_dir(Path(target)) as tmp:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        _write_manifest(tmp, cache_key)
+    return Path(target)
+
+
+def _write_manifest(tmp: Path, cache_key: str) -> None:
+    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    (tmp / MANIFEST).write_text(json.dumps({"cache_key": cache_key, "files": files}, indent=2))
 
 
 def read_manifest(folder: Path) -> dict:

@@ -36,6 +36,7 @@ class ModelConfig(_Frozen):
 
     backbone: str = Field("awd_lstm", description="Backbone registry entry (pipeline.backbones): awd_lstm, gpt (causal transformer), bert (masked-LM transformer), ...")
     drop_mult: float = Field(1.0, ge=0, description="Multiplier applied to every dropout of the backbone.")
+    direction: Literal["forward", "backward", "both"] = Field("forward", description="Reading direction of the language models and the classifier: forward, backward (each document's tokens reversed, its leading bos kept first), or both: a forward and a backward chain of every stage (folders <stage> and <stage>-backward) and an ensemble averaging the two classifiers' probabilities (<run>/ensemble/; ULMFiT's best IMDb result). both doubles the work of every stage.")
 
     @model_validator(mode="before")
     @classmethod
@@ -76,9 +77,9 @@ class ModelConfig(_Frozen):
         return (self.model_extra or {}).get(self.backbone)
 
     def used(self) -> dict:
-        """What results depend on: the backbone name, drop_mult and only the chosen backbone's sizes."""
+        """What results depend on: the backbone name, drop_mult, the direction and only the chosen backbone's sizes."""
         sizes = self.sizes()
-        return {"backbone": self.backbone, "drop_mult": self.drop_mult,
+        return {"backbone": self.backbone, "drop_mult": self.drop_mult, "direction": self.direction,
                 "sizes": sizes.model_dump() if sizes is not None else None}
 
 

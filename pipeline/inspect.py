@@ -162,13 +162,15 @@ def embedding_shift(run_dir: str | Path, k: int = 20, min_rank: int | None = Non
 @torch.no_grad()
 def next_word_predictions(run_dir: str | Path, stage: str, prompt: str, k: int = 10) -> pd.DataFrame:
     """The k most likely next tokens after `prompt` (special tokens excluded), with probabilities.
-    For a masked LM (bert) this is its prediction for a mask token appended to the prompt."""
+    For a masked LM (bert) this is its prediction for a mask token appended to the prompt; for a
+    backward LM, the tokens most likely to come just before the prompt."""
     from pipeline.backbones import get_backbone
+    from pipeline.direction import model_direction, orient
 
     model, vocab = load_language_model(run_dir, stage)
-    encoder = text_encoder(run_dir, stage)
-    ids = torch.from_numpy(encoder.encode([prompt])[0])[None]
-    logits = get_backbone(load_model(run_dir, stage).backbone).next_token_logits(model, ids, encoder.specials)
+    encoder, mf = text_encoder(run_dir, stage), load_model(run_dir, stage)
+    ids = torch.from_numpy(orient(encoder.encode([prompt])[0], encoder.specials.bos, model_direction(mf.config)))[None]
+    logits = get_backbone(mf.backbone).next_token_logits(model, ids, encoder.specials)
     probs = torch.softmax(logits.float(), -1).numpy()[:len(vocab)]
     order = [i for i in np.argsort(-probs) if not vocab[i].startswith("xx")][:k]
     return pd.DataFrame({"token": [vocab[i] for i in order], "probability": [float(probs[i]) for i in order]})
@@ -176,14 +178,16 @@ def next_word_predictions(run_dir: str | Path, stage: str, prompt: str, k: int =
 
 def generate_text(run_dir: str | Path, stage: str, prompt: str, n_words: int = 20, temperature: float = 0.8,
                   seed: int = 0) -> str:
-    """Sample a continuation of `prompt` from a stage's language model."""
+    """Sample a continuation of `prompt` from a stage's language model (a backward LM writes what
+    comes before the prompt; the text is in reading order)."""
     from pipeline.backbones import get_backbone
+    from pipeline.direction import model_direction
     from pipeline.lm import generate
 
     model, _ = load_language_model(run_dir, stage)
-    backbone = get_backbone(load_model(run_dir, stage).backbone)
-    return generate(model, backbone, text_encoder(run_dir, stage), prompt, n_tokens=n_words,
-                    temperature=temperature, seed=seed)
+    mf = load_model(run_dir, stage)
+    return generate(model, get_backbone(mf.backbone), text_encoder(run_dir, stage), prompt, n_tokens=n_words,
+                    temperature=temperature, seed=seed, direction=model_direction(mf.config))
 
 
 def vocabulary_summary(run_dir: str | Path, stage: str) -> dict:

@@ -23,6 +23,7 @@ from fastai.text.data import LMDataLoader
 
 from pipeline import distributed
 from pipeline.backbones import Backbone
+from pipeline.direction import orient, single_direction
 from pipeline.errors import ConfigError
 from pipeline.masking import lm_accuracy
 from pipeline.training import make_learner
@@ -45,10 +46,15 @@ class LMData:
         return sum(len(d) for d in self.valid)
 
 
-def lm_data(encoder, train_texts: list[str], valid_texts: list[str], name: str) -> LMData:
-    """Encode both text sets with the stage's encoder into token-id documents."""
+def lm_data(encoder, train_texts: list[str], valid_texts: list[str], name: str,
+            direction: str = "forward") -> LMData:
+    """Encode both text sets with the stage's encoder into token-id documents, each read in `direction`
+    (a backward LM reads every document reversed, its bos first: pipeline.direction)."""
+    bos = encoder.specials.bos
+    single_direction(direction)  # before any tokenizing
+
     def docs(texts, part):
-        return [torch.from_numpy(d) for d in encoder.encode(texts, f"{name}/{part}") if len(d)]
+        return [torch.from_numpy(orient(d, bos, direction)) for d in encoder.encode(texts, f"{name}/{part}") if len(d)]
     return LMData(docs(train_texts, "train"), docs(valid_texts, "valid"))
 
 
@@ -101,13 +107,17 @@ def final_scores(learn, recorder) -> dict:
 
 @torch.no_grad()
 def generate(model, backbone: Backbone, encoder, prompt: str, n_tokens: int = 20, temperature: float = 0.8,
-             seed: int = 0) -> str:
-    """Sample a continuation of `prompt` (stage cards and notebooks). Each step re-reads the whole text."""
+             seed: int = 0, direction: str = "forward") -> str:
+    """Sample a continuation of `prompt` (stage cards and notebooks). Each step re-reads the whole text.
+
+    A backward LM reads the prompt as the end of a text and writes what comes before it; the text
+    is returned in reading order (generated words, then the prompt)."""
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = list(encoder.encode([prompt], "prompt")[0])
+    bos = encoder.specials.bos
+    out = orient(encoder.encode([prompt], "prompt")[0], bos, direction).tolist()
     never = [i for i in (encoder.specials.unk, encoder.specials.pad, encoder.specials.bos, encoder.specials.mask)
              if i is not None]
     for _ in range(n_tokens):
@@ -116,4 +126,4 @@ def generate(model, backbone: Backbone, encoder, prompt: str, n_tokens: int = 20
         logits[never] = -float("inf")
         out.append(int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)))
     model.train(was_training)
-    return encoder.decode(out)
+    return encoder.decode(orient(out, bos, direction).tolist())

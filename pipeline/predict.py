@@ -1,4 +1,7 @@
-"""Predictions from a finished run's classifier artifact."""
+"""Predictions from a finished run's classifier artifact.
+
+Texts are encoded by the classify stage's own `encode_texts`: cut to `classify.max_tokens` and read
+in the direction the classifier was trained in (its model file's config), as in its test evaluation."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +10,9 @@ import torch
 
 from pipeline.artifacts import is_complete, load_model_file
 from pipeline.config import ClassifyConfig
+from pipeline.direction import model_direction
 from pipeline.errors import ArtifactError, DataError
-from pipeline.stages.classify import build_model
+from pipeline.stages.classify import build_model, encode_texts
 from pipeline.text import encoder_from_state
 
 
@@ -40,9 +44,10 @@ def predict(run: str | Path, texts: list[str]) -> list[tuple[str, float]]:
     if empty:
         raise DataError(f"text #{empty[0] + 1} is empty: nothing to classify")
     model, mf, encoder = load_classifier(run)
+    cc, direction = ClassifyConfig(**mf.config["classify"]), model_direction(mf.config)
     results = []
-    for doc in encoder.encode(list(texts), "predict"):
-        ids = torch.from_numpy(doc)[None]
+    for doc in encode_texts(list(texts), encoder, cc, "predict", direction):
+        ids = doc[None]
         if hasattr(model, "reset"):
             model.reset()
         out = model(ids)

@@ -12,6 +12,7 @@ from pipeline.artifacts import ModelFile, load_model_file
 from pipeline.backbones import get_backbone, with_vocab
 from pipeline.config import AdaptConfig, RunConfig
 from pipeline.data import is_registered, load_corpus, resolve_data_dir
+from pipeline.direction import check_upstream, single_direction
 from pipeline.errors import DataError
 from pipeline.lm import SAMPLE_PROMPTS, evaluate, final_scores, generate, lm_data, lm_learner
 from pipeline.stages.context import StageContext, StageResult
@@ -67,19 +68,22 @@ def target_model(cfg: RunConfig, pretrained: ModelFile, train_texts: list[str]):
 
 def run(ctx: StageContext) -> StageResult:
     cfg, ac, start = ctx.cfg, ctx.cfg.adapt, time.perf_counter()
+    direction = single_direction(cfg.model.direction)  # "both" is the flow's to split, never a stage's
     seed_everything(cfg.seed)
     pretrained = load_model_file(ctx.upstream(), expect_kind="lm")
+    check_upstream(pretrained.config, direction, ctx.upstream())
     train_texts, valid_texts = split_held_out(domain_texts(ac, resolve_data_dir(cfg.data_dir)), ac, cfg.seed)
     backbone, device = get_backbone(pretrained.backbone), pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, backbone, device)
     encoder, arch, model, n_known = target_model(cfg, pretrained, train_texts)
-    data = lm_data(encoder, train_texts, valid_texts, f"{ac.corpus}/lm")
+    data = lm_data(encoder, train_texts, valid_texts, f"{ac.corpus}/lm", direction)
     learn = lm_learner(backbone, model, arch, data, ac.bs, ac.bptt, ac.wd, device, encoder.specials, cfg.seed,
                        compile_model=wants_compile(cfg.compile, backbone, device), precision=precision)
     itos = encoder.itos
     log.info("adapt: vocab %d (%d known to stage 1), %d train / %d held-out tokens", len(itos), n_known,
              data.n_train_tokens, data.n_valid_tokens)
-    prompts_before = {p: generate(learn.model, backbone, encoder, p, seed=cfg.seed) for p in SAMPLE_PROMPTS}
+    prompts_before = {p: generate(learn.model, backbone, encoder, p, seed=cfg.seed, direction=direction)
+                      for p in SAMPLE_PROMPTS}
     before = evaluate(learn)
     log.info("adapt: held-out perplexity before adaptation %.1f", before["perplexity"])
 
@@ -99,10 +103,11 @@ def run(ctx: StageContext) -> StageResult:
                "corpus": ac.corpus, "epochs": epochs, "train_tokens": data.n_train_tokens,
                "held_out_tokens": data.n_valid_tokens, "train_docs": len(data.train), "held_out_docs": len(data.valid),
                "vocab_size": len(itos), "vocab_known_from_pretrain": n_known, "params": count_params(model),
-               "backbone": backbone.name, "objective": backbone.objective,
+               "backbone": backbone.name, "direction": direction, "objective": backbone.objective,
                "train_seconds": train_secs, "train_tokens_per_sec": epochs * data.n_train_tokens / max(train_secs, 1e-9),
                "wall_seconds": time.perf_counter() - start, "device": str(device), "precision": precision}
-    samples = {p: generate(learn.model, backbone, encoder, p, seed=cfg.seed) for p in SAMPLE_PROMPTS}
+    samples = {p: generate(learn.model, backbone, encoder, p, seed=cfg.seed, direction=direction)
+               for p in SAMPLE_PROMPTS}
     samples = {f"{p} (before)": prompts_before[p] for p in SAMPLE_PROMPTS} | {f"{p} (after)": s for p, s in samples.items()}
     result = write_lm_stage(
         ctx, learn, backbone, encoder, arch, metrics, recorder, samples,

@@ -28,7 +28,9 @@ from pipeline.bn_stats import RecomputeBNStats
 from pipeline.cards import card, confusion_table, loss_plot
 from pipeline.config import ClassifyConfig, stage_config
 from pipeline.data import resolve_data_dir
+from pipeline.direction import check_upstream, orient, single_direction
 from pipeline.errors import ArtifactError
+from pipeline.scores import PREDICTIONS_FILE, predictions_table, table_bytes
 from pipeline.stages.classify_data import LabeledSplits, load_splits
 from pipeline.stages.context import StageContext, StageResult
 from pipeline.text import encoder_from_state
@@ -48,12 +50,20 @@ def truncate(ids: np.ndarray, cc: ClassifyConfig) -> np.ndarray:
     return np.concatenate([ids[:head], ids[len(ids) - (n - head):]])
 
 
-def encode(frame: pd.DataFrame, encoder, classes: list[str], cc: ClassifyConfig, name: str) -> list[tuple]:
-    """(token ids, class index) pairs, each review cut by `truncate`."""
+def encode_texts(texts: list[str], encoder, cc: ClassifyConfig, name: str, direction: str) -> list[torch.Tensor]:
+    """Token ids of each text as the classifier reads them: cut by `truncate` (so head and tail are the
+    review's own), then read in the model's direction (pipeline.direction). Training, evaluation and
+    predict all encode through here."""
+    bos = encoder.specials.bos
+    return [torch.from_numpy(orient(truncate(ids, cc), bos, direction)) for ids in encoder.encode(texts, name)]
+
+
+def encode(frame: pd.DataFrame, encoder, classes: list[str], cc: ClassifyConfig, name: str,
+           direction: str) -> list[tuple]:
+    """(token ids, class index) pairs, each review encoded by `encode_texts`."""
     label_ix = {c: i for i, c in enumerate(classes)}
-    docs = encoder.encode(frame["text"].tolist(), name)
-    return [(torch.from_numpy(truncate(ids, cc)), torch.tensor(label_ix[label]))
-            for ids, label in zip(docs, frame["label"])]
+    docs = encode_texts(frame["text"].tolist(), encoder, cc, name, direction)
+    return [(ids, torch.tensor(label_ix[label])) for ids, label in zip(docs, frame["label"])]
 
 
 def loader(items: list[tuple], cc: ClassifyConfig, shuffle: bool, device, pad_id: int, bs: int | None = None) -> SortedDL:
@@ -101,7 +111,8 @@ def evaluate(learn, dl, classes: list[str]) -> dict:
     preds = probs.argmax(dim=1)
     confusion = np.zeros((len(classes), len(classes)), dtype=int)
     np.add.at(confusion, (targets.numpy(), preds.numpy()), 1)
-    return {"accuracy": float((preds == targets).float().mean()), "confusion": confusion.tolist()}
+    return {"accuracy": float((preds == targets).float().mean()), "confusion": confusion.tolist(),
+            "probs": probs.float().numpy()}  # rows in the loader's item order (get_preds undoes the sorting)
 
 
 def _summary(splits: LabeledSplits, cc: ClassifyConfig) -> str:
@@ -112,14 +123,16 @@ def _summary(splits: LabeledSplits, cc: ClassifyConfig) -> str:
 
 def run(ctx: StageContext) -> StageResult:
     cfg, cc, start = ctx.cfg, ctx.cfg.classify, time.perf_counter()
+    direction = single_direction(cfg.model.direction)  # "both" is the flow's to split, never a stage's
     seed = cfg.seed if cc.seed is None else cc.seed
     seed_everything(seed)
     adapted = load_model_file(ctx.upstream(), expect_kind="lm")
+    check_upstream(adapted.config, direction, ctx.upstream())
     data_dir = resolve_data_dir(cfg.data_dir)
     splits = load_splits(cc, data_dir, seed, test_seed=cfg.seed)
     encoder = encoder_from_state(adapted.tokenizer, adapted.vocab, cfg.cache_dir, cfg.tokenizer.n_workers)
     classes, pad = splits.classes, encoder.specials.pad
-    train, valid, test = (encode(getattr(splits, s), encoder, classes, cc, f"{cc.corpus}/{s}-sample")
+    train, valid, test = (encode(getattr(splits, s), encoder, classes, cc, f"{cc.corpus}/{s}-sample", direction)
                           for s in ("train", "valid", "test"))
     device = pick_device(cfg.device)
     backbone, model = build_model(adapted, len(classes), cc, encoder.specials)
@@ -152,7 +165,8 @@ def run(ctx: StageContext) -> StageResult:
                "test_source": splits.test_source, "confusion_matrix": scores["confusion"], "classes": classes,
                "n_labels": len(train), "n_valid": len(valid), "epochs": int(sum(cc.epochs_per_phase)), "seed": seed,
                **baselines,
-               "params": count_params(model), "backbone": backbone.name, "train_seconds": train_secs,
+               "params": count_params(model), "backbone": backbone.name, "direction": direction,
+               "train_seconds": train_secs,
                "wall_seconds": time.perf_counter() - start, "device": str(device), "precision": precision}
     history = recorder.history()
     model_file = ModelFile(kind="classifier", stage=ctx.stage, backbone=backbone.name, arch=adapted.arch,
@@ -160,8 +174,11 @@ def run(ctx: StageContext) -> StageResult:
                            vocab=list(encoder.itos), tokenizer=adapted.tokenizer, classes=classes,
                            samples=splits.indices(), data_dir=str(data_dir))
     shown = {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "classes")}
+    # each test review's probabilities, for an ensemble with another classifier (pipeline/ensemble.py)
+    test_probs = predictions_table(model_file.samples["test"], splits.test["label"].tolist(), classes, scores["probs"])
     write_stage(ctx.out_dir, model=model_file, metrics=metrics, history=history, cache_key=ctx.cache_key,
-                extra_files={"history.png": loss_plot(recorder.batch_losses, history, "Stage 3: classifier")},
+                extra_files={"history.png": loss_plot(recorder.batch_losses, history, "Stage 3: classifier"),
+                             PREDICTIONS_FILE: table_bytes(test_probs)},
                 card=card("Stage 3: classifier", _summary(splits, cc), shown, None, history)
                 + "\n## Confusion matrix (rows = true, columns = predicted)\n\n"
                 + confusion_table(classes, scores["confusion"]) + "\n")

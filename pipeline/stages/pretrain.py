@@ -8,6 +8,7 @@ from pipeline.accel import resolve_precision, wants_compile
 from pipeline.backbones import Backbone, get_backbone
 from pipeline.config import RunConfig
 from pipeline.data import load_corpus, resolve_data_dir
+from pipeline.direction import single_direction
 from pipeline.errors import ConfigError, DataError
 from pipeline.lm import SAMPLE_PROMPTS, final_scores, generate, lm_data, lm_learner
 from pipeline.stages.context import StageContext, StageResult
@@ -53,12 +54,13 @@ def initial_model(cfg: RunConfig, backbone: Backbone, train_texts: list[str]):
 
 def run(ctx: StageContext) -> StageResult:
     cfg, pc, start = ctx.cfg, ctx.cfg.pretrain, time.perf_counter()
+    direction = single_direction(cfg.model.direction)  # "both" is the flow's to split, never a stage's
     seed_everything(cfg.seed)
     train_texts, valid_texts = corpus_texts(cfg)
     backbone, device = get_backbone(cfg.model.backbone), pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, backbone, device)
     encoder, arch, model = initial_model(cfg, backbone, train_texts)
-    data = lm_data(encoder, train_texts, valid_texts, pc.corpus)
+    data = lm_data(encoder, train_texts, valid_texts, pc.corpus, direction)
     learn = lm_learner(backbone, model, arch, data, pc.bs, pc.bptt, pc.wd, device, encoder.specials, cfg.seed,
                        compile_model=wants_compile(cfg.compile, backbone, device), precision=precision)
     log.info("pretrain: %s, %d params, vocab %d, %d train / %d valid tokens, device %s", backbone.name,
@@ -72,12 +74,14 @@ def run(ctx: StageContext) -> StageResult:
                "valid_loss": scores["loss"], "corpus": pc.corpus, "epochs": pc.epochs,
                "train_tokens": data.n_train_tokens, "valid_tokens": data.n_valid_tokens,
                "train_docs": len(data.train), "vocab_size": len(encoder.itos), "params": count_params(model),
-               "backbone": backbone.name, "objective": backbone.objective, "tokenizer": encoder.state()["kind"],
+               "backbone": backbone.name, "direction": direction, "objective": backbone.objective,
+               "tokenizer": encoder.state()["kind"],
                "init_from": pc.init_from,
                "train_seconds": train_secs,
                "train_tokens_per_sec": pc.epochs * data.n_train_tokens / max(train_secs, 1e-9),
                "wall_seconds": time.perf_counter() - start, "device": str(device), "precision": precision}
-    samples = {p: generate(learn.model, backbone, encoder, p, seed=cfg.seed) for p in SAMPLE_PROMPTS}
+    samples = {p: generate(learn.model, backbone, encoder, p, seed=cfg.seed, direction=direction)
+               for p in SAMPLE_PROMPTS}
     result = write_lm_stage(
         ctx, learn, backbone, encoder, arch, metrics, recorder, samples, "Stage 1: pretrained language model",
         f"{backbone.name} ({backbone.objective} LM) trained on {pc.corpus} ({len(data.train)} documents), "
