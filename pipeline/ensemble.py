@@ -57,8 +57,9 @@ def chain_folders(run_dir: str | Path, suffix: str) -> dict[str, Path]:
 
 
 def classifier_stage() -> str:
-    """The registered stage whose folder holds the classifier (the last one writing a classifier)."""
-    return [name for name, stage in REGISTRY.items() if stage.model_kind == "classifier"][-1]
+    """The registered stage that trains the classifier: the first one whose model is a classifier
+    (a later one, such as an export, only builds on it)."""
+    return next(name for name, stage in REGISTRY.items() if stage.model_kind == "classifier")
 
 
 def classifier_folder(path: str | Path) -> Path:
@@ -168,7 +169,9 @@ def _card(metrics: dict) -> str:
     return "\n".join([
         "# Ensemble: classifiers' probabilities averaged", "",
         f"The class probabilities of {len(metrics['members'])} classifiers averaged on the same "
-        f"{metrics['test_size']} test reviews of {metrics['test_source']} (ULMFiT's forward + backward ensemble).", "",
+        f"{metrics['test_size']} test reviews of {metrics['test_source']}; the predicted class is the one of "
+        "highest mean probability. ULMFiT's best IMDb result is such an ensemble of a forward and a backward "
+        "classifier.", "",
         markdown_table(["classifier", "direction", "test accuracy", "params"], rows), "",
         metric_table(shown), "",
         "## Confusion matrix (rows = true, columns = predicted)", "",

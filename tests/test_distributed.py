@@ -16,12 +16,14 @@ import torch
 from pipeline import distributed
 from pipeline.artifacts import load_model_file, read_manifest, read_metrics
 from pipeline.config import load_config
+from pipeline.scores import PREDICTIONS_FILE
 from pipeline.stages.registry import stage_names
 from tests.test_flow import STAGE_LINE
 
 STAGES = stage_names()
 
 FILES = ["card.md", "history.csv", "history.png", "manifest.json", "metrics.json", "model.pt"]
+STAGE_FILES = {stage: sorted(FILES + ([PREDICTIONS_FILE] if stage == "classify" else [])) for stage in STAGES}
 
 
 # --- sharding: every rank gets the same amount of work (or DDP blocks) ----------------------------
@@ -96,8 +98,8 @@ def test_two_process_flow_completes(runs):
 def test_same_layout_and_shapes_as_single_process(runs):
     single, ddp, _, _ = runs
     for stage in STAGES:
-        assert sorted(p.name for p in (ddp / stage).iterdir()) == FILES
-        assert sorted(p.name for p in (single / stage).iterdir()) == FILES
+        assert sorted(p.name for p in (ddp / stage).iterdir()) == STAGE_FILES[stage]
+        assert sorted(p.name for p in (single / stage).iterdir()) == STAGE_FILES[stage]
         ours, ref = load_model_file(ddp / stage).state_dict, load_model_file(single / stage).state_dict
         assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in ref.items()}
         assert all(torch.isfinite(v.float()).all() for v in ours.values())
