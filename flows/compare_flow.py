@@ -2,6 +2,7 @@
 
 Each cell is a `compare-cell` subflow running the stages with the cell's validated config and its
 explicit stage folders; stages shared between cells (e.g. one backbone's pretraining) are Cached.
+Every cell's inputs and outputs are checked (`pipeline.validate`) before the first stage starts.
 The compare folder is locked for the whole grid. The table, plot and markdown are written to
 `<out>/report/` and published as Prefect artifacts.
 """
@@ -19,6 +20,7 @@ from pipeline.compare import VARIANTS, cell_row, grid
 from pipeline.compare_report import markdown, summarize, update_results, write_report
 from pipeline.config import RunConfig
 from pipeline.locking import run_dir_lock
+from pipeline.validate import check_run
 
 Variant = Literal[tuple(VARIANTS)]
 
@@ -50,6 +52,8 @@ def compare_flow(preset: Preset = "cpu", backbones: list[BackboneName] = list(BA
     shown_out = out_dir or f"runs/compare-{preset}"
     out = Path(shown_out).expanduser().resolve()
     cells = grid(preset, list(backbones), list(variants), n_labels, overrides or [], out, seeds, reseed_lm)
+    for cell in cells:  # every cell's inputs and outputs before the first stage (passes the CLI made are not repeated)
+        check_run(cell.config, out, cell.folders)
     states, rows = {}, []
     with run_dir_lock(out):
         for cell in cells:

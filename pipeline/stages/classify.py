@@ -51,9 +51,13 @@ def truncate(ids: np.ndarray, cc: ClassifyConfig) -> np.ndarray:
 def encode(frame: pd.DataFrame, encoder, classes: list[str], cc: ClassifyConfig, name: str) -> list[tuple]:
     """(token ids, class index) pairs, each review cut by `truncate`."""
     label_ix = {c: i for i, c in enumerate(classes)}
-    docs = encoder.encode(frame["text"].tolist(), name)
-    return [(torch.from_numpy(truncate(ids, cc)), torch.tensor(label_ix[label]))
-            for ids, label in zip(docs, frame["label"])]
+    docs = encode_texts(frame["text"].tolist(), encoder, cc, name)
+    return [(ids, torch.tensor(label_ix[label])) for ids, label in zip(docs, frame["label"])]
+
+
+def encode_texts(texts: list[str], encoder, cc: ClassifyConfig, name: str, cache: bool = True) -> list[torch.Tensor]:
+    """What the classifier reads of each text: its token ids cut by `truncate` (training, evaluation, predict)."""
+    return [torch.from_numpy(truncate(ids, cc)) for ids in encoder.encode(texts, name, cache=cache)]
 
 
 def loader(items: list[tuple], cc: ClassifyConfig, shuffle: bool, device, pad_id: int, bs: int | None = None) -> SortedDL:
@@ -96,8 +100,15 @@ def gradual_unfreezing(learn, cc: ClassifyConfig, recorder: EpochLog, ckpt=None)
             break
 
 
-def evaluate(learn, dl, classes: list[str]) -> dict:
+def class_probs(learn, dl) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities and targets of every item in `dl` (a `loader`), in the items' order: the one
+    inference path of the test evaluation and of `pipeline.predict`."""
     probs, targets = learn.get_preds(dl=dl)
+    return probs.float(), targets
+
+
+def evaluate(learn, dl, classes: list[str]) -> dict:
+    probs, targets = class_probs(learn, dl)
     preds = probs.argmax(dim=1)
     confusion = np.zeros((len(classes), len(classes)), dtype=int)
     np.add.at(confusion, (targets.numpy(), preds.numpy()), 1)
