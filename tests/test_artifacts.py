@@ -143,7 +143,8 @@ def test_save_torch_through_a_file_that_fills_up(tmp_path, monkeypatch):
 def test_stage_write_on_a_full_disk_is_one_line_and_leaves_nothing(full_disk):
     disk = full_disk("64k")
     with pytest.raises(ArtifactError) as err:
-        write_stage(disk / "pretrain", model=BIG, metrics={"x": 1.0}, history=pd.DataFrame({"epoch": [0]}),
+        write_stage(disk / "pretrain", model=_model(state_dict=BIG["state_dict"]), metrics={"x": 1.0},
+                    history=pd.DataFrame({"epoch": [0]}),
                     card="# card\n", cache_key="k")
     message = str(err.value)
     assert "No space left on device" in message and "nothing was written" in message and "\n" not in message

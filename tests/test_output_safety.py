@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from flows.cli import main
-from pipeline.artifacts import atomic_dir, foreign_content, write_stage
+from pipeline.artifacts import ModelFile, atomic_dir, foreign_content, write_stage
 from pipeline.checkpoint import Checkpointer
-from pipeline.compare import write_report
+from pipeline.compare_report import write_report
 from pipeline.errors import ArtifactError
 
 
@@ -34,8 +34,10 @@ def files_under(folder):
 
 
 def _stage(folder):
-    return write_stage(folder, model={"kind": "lm", "state_dict": {"w": torch.zeros(3)}}, metrics={"x": 1.0},
-                       history=pd.DataFrame({"epoch": [0]}), card="# card\n", cache_key="k")
+    model = ModelFile(kind="lm", stage="pretrain", backbone="awd_lstm", arch={}, config={},
+                      state_dict={"w": torch.zeros(3)}, vocab=["a"], tokenizer={})
+    return write_stage(folder, model=model, metrics={"x": 1.0}, history=pd.DataFrame({"epoch": [0]}),
+                       card="# card\n", cache_key="k")
 
 
 # --- atomic_dir ------------------------------------------------------------------------------------
@@ -99,10 +101,10 @@ def test_checkpoints_of_other_inputs_are_discarded_but_nothing_else(tmp_path):
 
 
 def test_compare_report_replaces_its_own_folder_only(tmp_path):
-    from pipeline.compare import COLUMNS
-
-    rows = [{**{c: 1.0 for c in COLUMNS}, "backbone": "awd_lstm", "variant": "full", "n_labels": 60,
-             "objective": "causal"}]
+    numbers = ("test_accuracy", "probe_test_accuracy", "tfidf_test_accuracy", "params", "lm_tokens", "lm_pflops",
+               "pretrain_perplexity", "adapt_perplexity", "lm_seconds", "classify_seconds")
+    rows = [{**{c: 1.0 for c in numbers}, "backbone": "awd_lstm", "variant": "full", "n_labels": 60, "seed": 1,
+             "test_size": 60, "objective": "causal"}]
     report = write_report(tmp_path, rows)
     assert json.loads((report / "manifest.json").read_text())["files"]
     write_report(tmp_path, rows)  # its own: replaced
@@ -112,6 +114,34 @@ def test_compare_report_replaces_its_own_folder_only(tmp_path):
     with pytest.raises(ArtifactError, match="report"):
         write_report(tmp_path / "mine", rows)
     assert (tmp_path / "mine" / "report" / "draft.md").read_text() == "mine"
+
+
+def test_the_stage_store_follows_the_same_rule(tmp_path, caplog):
+    """The stage store hard-links stage folders into run folders and into `<cache>/stages/<key>/`
+    (through atomic_dir): a linked-in stage is the tool's own to replace (the store's copy is unaffected),
+    and neither a store entry nor a run folder holding a user's file is ever replaced."""
+    from pipeline.artifacts import is_complete
+    from pipeline.config import load_config
+    from pipeline.store import keep, restore, store_entry
+
+    cfg = load_config("smoke", [f"cache_dir={tmp_path / 'cache'}"])
+    first = _stage(tmp_path / "X" / "pretrain")
+    keep(first, "k", cfg)
+    entry = store_entry(cfg, "k")
+    assert is_complete(entry, "k") and (entry / "model.pt").stat().st_ino == (first / "model.pt").stat().st_ino
+    linked = tmp_path / "Y" / "pretrain"
+    assert restore(linked, "k", cfg) and foreign_content(linked) is None
+    _stage(linked)  # the tool's own folder (hard links): replaced, and the store's files are untouched
+    assert is_complete(entry, "k") and (entry / "model.pt").stat().st_ino == (first / "model.pt").stat().st_ino
+    (entry / "notes.txt").write_text("mine")
+    with caplog.at_level("WARNING", logger="ulmfit"):
+        keep(first, "k", cfg)
+    assert "not replacing it" in caplog.text and (entry / "notes.txt").read_text() == "mine"
+    users = tmp_path / "Z" / "pretrain"
+    users.mkdir(parents=True)
+    (users / "draft.txt").write_text("mine")
+    assert not restore(users, "k", cfg)
+    assert files_under(users) == {"draft.txt": b"mine"}
 
 
 # --- through the command line: refused before anything runs or is written -------------------------
