@@ -56,7 +56,7 @@ class Classifier:
         model.load_state_dict(mf.state_dict)
         self.device = pick_device("auto")
         # the arithmetic the stage's evaluation used (its `precision` setting, resolved for this device)
-        precision = resolve_precision(mf.config.get("precision", "fp32"), backbone, self.device)
+        self.precision = precision = resolve_precision(mf.config.get("precision", "fp32"), backbone, self.device)
         self._loader = lambda items: loader(items, self.cc, False, self.device, self.encoder.specials.pad)
         placeholder = self._loader([(torch.zeros(1, dtype=torch.long), torch.tensor(0))])  # a Learner needs dls
         # No RecomputeBNStats: the saved BatchNorm statistics are the ones the test evaluation used.

@@ -44,8 +44,9 @@ def reviews(data_dir):
 
 
 def _forward(classifier: Classifier, ids: np.ndarray) -> torch.Tensor:
+    """The model on one review, in the arithmetic the stage evaluated in (bf16 on a CPU with native bf16)."""
     model = classifier.learn.model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=classifier.precision == "bf16"):
         out = model(torch.from_numpy(ids)[None])
     return torch.softmax((out[0] if isinstance(out, tuple) else out)[0].float(), dim=-1)
 
