@@ -6,11 +6,12 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 import flows  # noqa: F401  (sets Prefect defaults before prefect is imported)
 from pipeline.backbones import REGISTRY as BACKBONES
 from pipeline.config import available_presets, load_config
-from pipeline.errors import UlmfitError
+from pipeline.errors import ConfigError, UlmfitError
 from pipeline.stages.registry import REGISTRY as STAGES
 
 
@@ -24,9 +25,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a config field, e.g. --set classify.n_labels=500 (repeatable)")
     run.add_argument("--out", help="run directory (default: runs/PRESET)")
     run.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
-    predict = sub.add_parser("predict", help="classify texts with a finished run")
+    run.add_argument("-v", "--verbose", action="store_true", help="show Prefect's tracebacks of a failed stage")
+    predict = sub.add_parser("predict", help="classify texts with a finished run (one JSON line per text)")
     predict.add_argument("--run", required=True, help="run directory (or its classify/ folder)")
-    predict.add_argument("texts", nargs="+", help="texts to classify")
+    predict.add_argument("texts", nargs="*", help="texts to classify; - reads stdin, one text per line")
+    predict.add_argument("--file", help="classify every text of this file: one per line, or a column of a "
+                         ".csv/.tsv/.parquet/.jsonl file (see --text-col); - is stdin")
+    predict.add_argument("--text-col", default="text", help="the text column of a --file table (default: text)")
     compare = sub.add_parser("compare", help="backbones x {full, no_pretrain, no_adapt}: a cached grid of runs, "
                              "written as a table (CSV, markdown) and a plot")
     compare.add_argument("--preset", default="cpu", help="preset of every cell (default: cpu)")
@@ -43,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                          "(default: every classifier seed shares them)")
     compare.add_argument("--results", metavar="FILE", help="rewrite the marked section of this file (e.g. RESULTS.md) "
                          "from the report")
+    compare.add_argument("-v", "--verbose", action="store_true", help="show Prefect's tracebacks of a failed stage")
     ensemble = sub.add_parser("ensemble", help="average two finished classifiers' test probabilities "
                               "(e.g. a forward and a backward run; `run --set model.direction=both` does it itself)")
     ensemble.add_argument("runs", nargs=2, metavar="RUN", help="run directory (or its classify/ folder)")
@@ -59,10 +65,19 @@ def _cmd_run(args) -> int:
     if args.show_config:
         print(cfg.model_dump_json(indent=2))
         return 0
-    from flows.ulmfit_flow import ulmfit_config_flow
+    from flows.session import flow_session, interrupted_message, sigterm_as_interrupt
+    from pipeline.validate import check_run
 
-    start = time.perf_counter()
-    summary = ulmfit_config_flow(config=cfg, out_dir=args.out or f"runs/{args.preset}", rerun=args.rerun)
+    out, start = args.out or f"runs/{args.preset}", time.perf_counter()
+    try:
+        with sigterm_as_interrupt():
+            check_run(cfg, out)  # every input and output, before Prefect and any stage start
+            from flows.ulmfit_flow import ulmfit_config_flow
+
+            with flow_session(args.verbose):
+                summary = ulmfit_config_flow(config=cfg, out_dir=out, rerun=args.rerun)
+    except KeyboardInterrupt as stop:
+        return _interrupted(interrupted_message(stop, Path(out).expanduser()))
     print(f"\nulmfit run finished in {time.perf_counter() - start:.1f}s")
     _print_summary(summary)
     return 0
@@ -96,30 +111,59 @@ def _cmd_ensemble(args) -> int:
 
 
 def _cmd_compare(args) -> int:
+    from flows.session import flow_session, interrupted_message, sigterm_as_interrupt
     from pipeline.compare import grid
+    from pipeline.validate import check_run
 
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
-    n_labels = [int(n) for n in split(args.n_labels)] if args.n_labels else None
-    out = args.out or f"runs/compare-{args.preset}"
-    grid(args.preset, split(args.backbones), split(args.variants), n_labels, args.overrides, out,  # validate first
-         args.seeds, args.reseed_lm)
-    from flows.compare_flow import compare_flow
+    n_labels = [_whole_number("--n-labels", n) for n in split(args.n_labels)] if args.n_labels else None
+    out, start = args.out or f"runs/compare-{args.preset}", time.perf_counter()
+    cells = grid(args.preset, split(args.backbones), split(args.variants), n_labels, args.overrides, out,  # validate first
+                 args.seeds, args.reseed_lm)
+    try:
+        with sigterm_as_interrupt():
+            for cell in cells:  # every cell's inputs and outputs, before Prefect and any stage start
+                check_run(cell.config, out, cell.folders)
+            from flows.compare_flow import compare_flow
 
-    start = time.perf_counter()
-    result = compare_flow(preset=args.preset, backbones=split(args.backbones), variants=split(args.variants),
-                          n_labels=n_labels, overrides=args.overrides, out_dir=out, seeds=args.seeds,
-                          reseed_lm=args.reseed_lm, results=args.results)
+            with flow_session(args.verbose):
+                result = compare_flow(preset=args.preset, backbones=split(args.backbones),
+                                      variants=split(args.variants), n_labels=n_labels, overrides=args.overrides,
+                                      out_dir=out, seeds=args.seeds, reseed_lm=args.reseed_lm, results=args.results)
+    except KeyboardInterrupt as stop:
+        return _interrupted(interrupted_message(stop, Path(out).expanduser()))
     print(f"\nulmfit compare finished in {time.perf_counter() - start:.1f}s; report: {result['report']}")
     for name, states in result["states"].items():
         print(f"  {name:28s} " + " ".join(f"{stage}={state}" for stage, state in states.items()))
     return 0
 
 
-def _cmd_predict(args) -> int:
-    from pipeline.predict import predict
+def _whole_number(option: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{option}: {text!r} is not a whole number") from None
 
-    for text, (label, prob) in zip(args.texts, predict(args.run, args.texts)):
-        print(json.dumps({"text": text, "label": label, "probability": round(prob, 4)}))
+
+def _interrupted(message_and_status: tuple[str, int]) -> int:
+    message, status = message_and_status
+    print(message, file=sys.stderr)
+    return status
+
+
+def _cmd_predict(args) -> int:
+    from pipeline.predict import predict_stream, texts_from_file
+
+    if args.file and args.texts:
+        raise ConfigError("give texts or --file, not both")
+    if args.texts == ["-"] or args.file:
+        texts, where = texts_from_file(args.file or "-", args.text_col)
+    elif args.texts:
+        texts, where = args.texts, lambda i: f"text #{i + 1}"
+    else:
+        raise ConfigError("nothing to classify: give texts, - to read stdin, or --file FILE")
+    for text, label, prob in predict_stream(args.run, texts, where):
+        print(json.dumps({"text": text, "label": label, "probability": round(prob, 4)}), flush=True)
     return 0
 
 
@@ -134,6 +178,10 @@ def _cmd_stages(_args) -> int:
 def _cmd_serve(args) -> int:
     from flows.serve import serve
 
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: a port is 0 (any free port) to 65535")
+    if args.limit < 1:
+        raise ConfigError(f"--limit {args.limit}: at least 1 flow run at a time")
     return serve(port=args.port, limit=args.limit)
 
 
@@ -149,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     except UlmfitError as err:
         print(f"ulmfit: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # run and compare say how to resume; predict, stages: nothing to resume
+        print("ulmfit: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

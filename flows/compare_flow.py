@@ -2,6 +2,7 @@
 
 Each cell is a `compare-cell` subflow running the stages with the cell's validated config and its
 explicit stage folders; stages shared between cells (e.g. one backbone's pretraining) are Cached.
+Every cell's inputs and outputs are checked (`pipeline.validate`) before the first stage starts.
 The compare folder is locked for the whole grid. The table, plot and markdown are written to
 `<out>/report/` and published as Prefect artifacts.
 """
@@ -20,6 +21,7 @@ from pipeline.compare_report import markdown, summarize, update_results, write_r
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
 from pipeline.locking import run_dir_lock
+from pipeline.validate import check_run
 
 Variant = Literal[tuple(VARIANTS)]
 
@@ -54,6 +56,8 @@ def compare_flow(preset: Preset = "cpu", backbones: list[BackboneName] = list(BA
     if any(cell.config.model.direction == "both" for cell in cells):  # a cell runs one chain of stages
         raise ConfigError("compare runs one direction per cell: model.direction=both is for `ulmfit run` "
                           "(forward, backward and their ensemble in one run folder)")
+    for cell in cells:  # every cell's inputs and outputs before the first stage (passes the CLI made are not repeated)
+        check_run(cell.config, out, cell.folders)
     states, rows = {}, []
     with run_dir_lock(out):
         for cell in cells:

@@ -49,11 +49,19 @@ def _torchrun(cmd: list[str]) -> None:
     tail: collections.deque[str] = collections.deque(maxlen=40)
     user_error = None
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
-        for line in proc.stdout:
-            print(line.rstrip())
-            tail.append(line)
-            if ERROR_PREFIX in line and user_error is None:
-                user_error = line.split(ERROR_PREFIX, 1)[1].strip()
+        try:
+            for line in proc.stdout:
+                print(line.rstrip())
+                tail.append(line)
+                if ERROR_PREFIX in line and user_error is None:
+                    user_error = line.split(ERROR_PREFIX, 1)[1].strip()
+        except BaseException:  # Ctrl-C, SIGTERM: torchrun stops its workers on SIGTERM; none may outlive us
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
     if proc.returncode == 0:
         return
     if user_error:  # a rank rejected the input: same one-line error as in-process

@@ -8,7 +8,6 @@ folder), is not run again and its task run ends in the state `Cached`. Prefect o
 """
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -21,12 +20,13 @@ from flows.launching import launch  # in process, or under torchrun when cfg.npr
 from flows.params import (AdaptSettings, BackboneName, ClassifySettings, Preset, PretrainSettings, StageName,
                           typed_overrides)
 from flows.reporting import report_stage, stage_progress
-from pipeline.artifacts import partial_dir, read_metrics
+from pipeline.artifacts import partial_dir, read_metrics, remove_checkpoints
 from pipeline.config import RunConfig, load_config
 from pipeline.ensemble import ENSEMBLE, chain_folders, chains, classifier_stage, ensure
 from pipeline.locking import run_dir_lock
 from pipeline.stages.registry import REGISTRY, depends_on
 from pipeline.store import keep, restore, stage_key
+from pipeline.validate import check_run
 
 
 @task(name="stage", task_run_name="{stage}{suffix}", cache_policy=NO_CACHE, persist_result=False, retries=0,
@@ -38,7 +38,7 @@ def stage_task(stage: str, cfg: RunConfig, out_dir: str, upstream: Optional[str]
     a crash); the UI gets a progress artifact. `suffix` names the chain (e.g. -backward) in the UI."""
     folder = Path(out_dir)
     if not force and restore(folder, cache_key, cfg):
-        shutil.rmtree(partial_dir(folder), ignore_errors=True)  # checkpoints of an earlier, interrupted try
+        remove_checkpoints(partial_dir(folder))  # of an earlier, interrupted try (a user's file there stays)
         return Completed(name="Cached", data=_result(stage, folder), message=f"{stage}: {cache_key} from the cache")
     with stage_progress(stage, cfg, f"{stage}{suffix}"):
         launch(stage, cfg, upstream, out_dir, cache_key)
@@ -97,8 +97,10 @@ def run_directions(cfg: RunConfig, run_dir: Path, rerun: Optional[str] = None) -
 
 def run_in_folder(cfg: RunConfig, out_dir: str | Path, rerun: Optional[str] = None) -> dict:
     """The stages in `<out_dir>/<stage>/` (and `<stage>-backward/`, `ensemble/` for both directions),
-    under the run directory's lock (a second run on the same folder fails fast)."""
+    under the run directory's lock (a second run on the same folder fails fast). Every input and
+    output is checked first (`pipeline.validate`)."""
     run_dir = Path(out_dir).expanduser().resolve()
+    check_run(cfg, run_dir)  # before any stage starts (a pass the CLI already made is not repeated)
     with run_dir_lock(run_dir):
         return run_directions(cfg, run_dir, rerun)
 

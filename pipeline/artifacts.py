@@ -9,7 +9,9 @@ A stage folder holds:
     manifest.json  sha256 of every file + the stage's cache key; written last
 
 The whole folder is built under a temporary name and renamed into place, so a killed run
-leaves either the previous complete folder or nothing - never a half artifact.
+leaves either the previous complete folder or nothing - never a half artifact. Only a folder
+whose manifest lists every file in it (one this tool wrote) is ever replaced: a user's own folder
+or file in the way is reported, never deleted.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 import torch
@@ -34,28 +36,31 @@ MODEL_FILE = "model.pt"
 
 
 @contextlib.contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
+def atomic_dir(target: Path, may_replace: Callable[[Path], str | None] | None = None) -> Iterator[Path]:
     """Yield a temp folder beside `target`; on success it replaces `target` in one rename.
 
+    Only a folder this tool wrote is ever replaced: `may_replace(target)` (default
+    `foreign_content`) says why an existing `target` must stay, and then nothing is written.
     A failed write (disk full, permissions) raises one ArtifactError and leaves no trace:
     the temp folder is removed and `target` keeps its previous content.
     """
-    target = Path(target)
+    target, why_not = Path(target), may_replace or foreign_content
+    refuse_foreign(target, why_not)  # before the caller computes anything
     tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         yield tmp
         old = None
-        if target.exists():
+        if target.exists() or target.is_symlink():
+            refuse_foreign(target, why_not)  # it may have appeared meanwhile
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             target.rename(old)
         tmp.rename(target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as err:
-        reason = err.strerror or str(err)
-        raise ArtifactError(f"{target}: cannot write ({reason}); nothing was written there") from None
+        raise ArtifactError(f"{target}: cannot write ({os_reason(err)}); nothing was written there") from None
     finally:
         if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -65,6 +70,88 @@ def partial_dir(stage_dir: str | Path) -> Path:
     """Where a stage folder's epoch checkpoints live while it trains: `<stage>.partial` beside it."""
     stage_dir = Path(stage_dir)
     return stage_dir.with_name(f"{stage_dir.name}.partial")
+
+
+def _is_checkpoint_file(path: Path) -> bool:
+    return path.is_file() and (path.name == "key.txt" or path.suffix == ".pt" or ".tmp-" in path.suffix)
+
+
+def foreign_checkpoints(folder: Path) -> str | None:
+    """None if `folder` (a `partial_dir`) is absent or holds only checkpoint files; otherwise why it is not ours."""
+    folder = Path(folder)
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        return "exists and is not a checkpoint folder ulmfit wrote"
+    extra = sorted(p.name for p in folder.iterdir() if not _is_checkpoint_file(p)) if folder.exists() else []
+    return f"holds files ulmfit did not write ({', '.join(extra[:3])})" if extra else None
+
+
+def remove_checkpoints(folder: Path) -> None:
+    """Remove a `partial_dir`'s checkpoint files, then the folder if nothing else is in it (a user's file stays)."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if _is_checkpoint_file(path):
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def os_reason(err: OSError) -> str:
+    return err.strerror or str(err)
+
+
+def foreign_content(folder: Path) -> str | None:
+    """None if `folder` is absent or a folder this tool wrote (its manifest lists every file in it);
+    otherwise why it must not be replaced. A user's folder (or a file of theirs dropped into a stage
+    folder) is never deleted."""
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return None
+    if folder.is_symlink() or not folder.is_dir():
+        return "exists and is not a folder ulmfit wrote"
+    try:
+        files = json.loads((folder / MANIFEST).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        files = None
+    if not isinstance(files, dict):
+        return f"exists and has no readable {MANIFEST}, so ulmfit did not write it"
+    extra = sorted(p.name for p in folder.iterdir() if p.name != MANIFEST and p.name not in files)
+    if extra:
+        return f"holds files ulmfit did not write ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})"
+    return None
+
+
+def refuse_foreign(target: Path, why_not: Callable[[Path], str | None] = foreign_content) -> None:
+    """Raise one ArtifactError if `target` exists and is not the tool's to replace."""
+    reason = why_not(Path(target))
+    if reason:
+        raise ArtifactError(f"{target}: {reason}; not replacing it: move it away or choose another --out")
+
+
+def save_torch(obj: Any, path: Path) -> None:
+    """torch.save through a Python file, so a full disk is an OSError (ENOSPC) like any other write.
+
+    Saving to a path, torch reports a failed write as `RuntimeError: [enforce fail at
+    inline_container.cc]` with no reason; through a file object the write's own exception is the
+    error's context: an OSError, or the KeyboardInterrupt of a Ctrl-C that came during the write.
+    That exception is raised instead."""
+    try:
+        with open(path, "wb") as fh:
+            torch.save(obj, fh)
+    except RuntimeError as err:
+        cause = err.__context__
+        while cause is not None and not isinstance(cause, (OSError, KeyboardInterrupt)):
+            cause = cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
+
+
+def write_manifest(folder: Path, cache_key: str = "") -> None:
+    """manifest.json: the sha256 of every file in `folder`; written last, it marks the folder as the tool's."""
+    files = {p.name: sha256_file(p) for p in sorted(Path(folder).iterdir()) if p.is_file() and p.name != MANIFEST}
+    (Path(folder) / MANIFEST).write_text(json.dumps({"cache_key": cache_key, "files": files}, indent=2))
 
 
 def sha256_file(path: Path) -> str:
@@ -127,7 +214,7 @@ def _write_folder(target: Path, model, metrics, history, card, cache_key, extra_
         (tmp / "card.md").write_text(card)
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
-        _write_manifest(tmp, cache_key)
+        write_manifest(tmp, cache_key)
 
 
 def write_files(target: Path, files: dict[str, bytes], cache_key: str = "") -> Path:
@@ -136,13 +223,8 @@ def write_files(target: Path, files: dict[str, bytes], cache_key: str = "") -> P
     with atomic_dir(Path(target)) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        _write_manifest(tmp, cache_key)
+        write_manifest(tmp, cache_key)
     return Path(target)
-
-
-def _write_manifest(tmp: Path, cache_key: str) -> None:
-    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-    (tmp / MANIFEST).write_text(json.dumps({"cache_key": cache_key, "files": files}, indent=2))
 
 
 def read_manifest(folder: Path) -> dict:
@@ -206,7 +288,7 @@ class ModelFile:
     def save(self, path: Path) -> None:
         # Plain types only (weights_only loading); arch and config are JSON text, whatever they hold.
         blob = {f.name: getattr(self, f.name) for f in fields(self)}
-        torch.save(blob | {"format": MODEL_FORMAT, "arch": json.dumps(self.arch, default=str),
+        save_torch(blob | {"format": MODEL_FORMAT, "arch": json.dumps(self.arch, default=str),
                            "config": json.dumps(self.config, default=str)}, path)
 
     @classmethod

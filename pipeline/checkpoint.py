@@ -25,7 +25,6 @@ import io
 import logging
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from fastai.callback.core import Callback, CancelFitException
 from fastcore.foundation import L
 
 from pipeline import distributed
+from pipeline.artifacts import foreign_checkpoints, os_reason, refuse_foreign, remove_checkpoints, save_torch
 from pipeline.errors import ArtifactError
 
 log = logging.getLogger("ulmfit")
@@ -117,11 +117,12 @@ class Checkpointer:
 
     def __init__(self, folder: Path, key: str):
         self.folder, self.key = Path(folder), key
+        refuse_foreign(self.folder, foreign_checkpoints)  # a user's folder of that name is never touched
         key_file = self.folder / "key.txt"
         stale = self.folder.exists() and (not key_file.exists() or key_file.read_text() != key)
         if stale and distributed.is_rank0():
             log.info("discarding checkpoints in %s: written for other stage inputs", self.folder)
-            shutil.rmtree(self.folder, ignore_errors=True)
+            self.clear()
         distributed.barrier()  # no rank reads a folder rank 0 is discarding
 
     def path(self, phase: str) -> Path:
@@ -144,14 +145,16 @@ class Checkpointer:
         tmp = self.path(phase).with_suffix(f".tmp-{os.getpid()}")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            torch.save(blob, tmp)
+            save_torch(blob, tmp)
             os.replace(tmp, self.path(phase))
             (self.folder / "key.txt").write_text(self.key)
-        except OSError as err:
+        except BaseException as err:  # a full disk, or Ctrl-C during the write: no temp file stays
             tmp.unlink(missing_ok=True)
             if not any(self.folder.glob("*.pt")):  # nothing worth keeping for a resume
-                shutil.rmtree(self.folder, ignore_errors=True)
-            return f"{self.path(phase)}: cannot write checkpoint ({err.strerror or err})"
+                self.clear()
+            if not isinstance(err, OSError):
+                raise
+            return f"{self.path(phase)}: cannot write checkpoint ({os_reason(err)})"
         return None
 
     def load(self, phase: str, n_epochs: int) -> dict | None:
@@ -196,8 +199,10 @@ class Checkpointer:
         return EpochCheckpoint(self, phase, recorder, start_epoch)
 
     def clear(self) -> None:
-        if distributed.is_rank0():
-            shutil.rmtree(self.folder, ignore_errors=True)
+        """Remove the checkpoint files, then the folder if nothing else is in it (rank 0 only)."""
+        if not distributed.is_rank0():
+            return
+        remove_checkpoints(self.folder)
 
 
 class EpochCheckpoint(Callback):

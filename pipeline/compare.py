@@ -70,9 +70,13 @@ def grid(preset: str, backbones: list[str], variants: list[str], n_labels: list[
     seed by seed (a first pass over every cell finishes before a second seed starts)."""
     from pipeline.backbones import get_backbone
 
+    if not backbones:
+        raise ConfigError("compare needs at least one backbone (--backbones), e.g. awd_lstm,gpt")
+    if not variants:
+        raise ConfigError(f"compare needs at least one variant (--variants) of: {', '.join(VARIANTS)}")
     unknown = [v for v in variants if v not in VARIANTS]
-    if unknown or not variants or not backbones:
-        raise ConfigError(f"compare needs backbones and variants; unknown variants {unknown}, known: {', '.join(VARIANTS)}")
+    if unknown:
+        raise ConfigError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     out, cells = Path(out_dir).expanduser().resolve(), []
     for i, seed in enumerate(seed_list(preset, overrides, seeds)):
         seeded = ([f"seed={seed}"] if reseed_lm else [f"classify.seed={seed}"]) if i else []

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.artifacts import atomic_dir
+from pipeline.artifacts import atomic_dir, write_manifest
 from pipeline.cards import markdown_table
 
 GROUP = ["backbone", "variant", "n_labels"]
@@ -128,6 +128,7 @@ def write_report(out_dir: str | Path, rows: list[dict], command: str = "") -> Pa
         (tmp / "compare.md").write_text(f"# Backbone comparison\n\n{('`' + command + '`') if command else ''}\n\n"
                                         f"{markdown(summary)}\n\n{NOTE}\n\n![test accuracy](compare.png)\n")
         (tmp / "cells.json").write_text(json.dumps(rows, indent=2, default=str))
+        write_manifest(tmp)  # marks the folder as the tool's: the next report may replace it
     return target
 
 

@@ -6,6 +6,7 @@ only say what differs. Any field can be overridden with `section.field=value`.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -18,9 +19,15 @@ from pipeline.errors import ConfigError
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
+# Above this a learning rate only diverges (Adam moves each weight by about lr per step); far above it
+# torch cannot even hold it (1e308 overflows float32).
+MAX_LR = 10.0
+
+
 class _Frozen(BaseModel):
-    # Unknown keys and wrong types are errors, not silently ignored or coerced.
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=False, validate_default=True)
+    # Unknown keys and wrong types are errors, not silently ignored or coerced: strict, so `true` is
+    # not read as 1 and 2.0 not as an integer, and no NaN or infinity ever reaches a run.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False, validate_default=True)
 
 
 class SizeSection(_Frozen):
@@ -32,7 +39,7 @@ class ModelConfig(_Frozen):
     model, so the config has one section per registered backbone, `[model.<name>]` in a preset or
     `--set model.<name>.<field>=...`; only the chosen backbone's section is used."""
 
-    model_config = ConfigDict(frozen=True, extra="allow", strict=False, validate_default=True)
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True, allow_inf_nan=False, validate_default=True)
 
     backbone: str = Field("awd_lstm", description="Backbone registry entry (pipeline.backbones): awd_lstm, gpt (causal transformer), bert (masked-LM transformer), ...")
     drop_mult: float = Field(1.0, ge=0, description="Multiplier applied to every dropout of the backbone.")
@@ -104,7 +111,7 @@ class PretrainConfig(_LMStage):
     corpus: str = Field("wikitext-103", description="Registry name of the Wikipedia corpus.")
     valid_split: str | None = Field("valid", description="Split for validation perplexity; None = hold out max_valid_docs training articles (fast.ai's WikiText archives have no valid split).")
     epochs: int = Field(10, ge=0, description="Training epochs; 0 keeps the random initialisation (the 'no pretraining' ablation).")
-    lr: float = Field(5e-3, gt=0, description="Peak learning rate.")
+    lr: float = Field(5e-3, gt=0, le=MAX_LR, description="Peak learning rate.")
     init_from: str | None = Field(None, description="Local directory of a Hugging Face checkpoint (config.json, weights, tokenizer.json) that seeds stage 1 for a transformer backbone; its tokenizer replaces tokenizer.kind. With epochs=0, stage 1 is skipped (only evaluated). Never downloaded.")
 
 
@@ -116,8 +123,8 @@ class AdaptConfig(_LMStage):
     valid_frac: float = Field(0.1, gt=0, lt=1, description="Fraction of documents held out for perplexity.")
     frozen_epochs: int = Field(1, ge=0, description="Epochs training only the last layer group (embeddings+decoder).")
     epochs: int = Field(10, ge=0, description="Epochs with all layers unfrozen and discriminative LRs; 0 with frozen_epochs 0 = the 'no adaptation' ablation.")
-    lr: float = Field(2e-3, gt=0, description="Peak LR of the last layer group when unfrozen.")
-    frozen_lr: float = Field(2e-2, gt=0, description="Peak LR of the frozen phase.")
+    lr: float = Field(2e-3, gt=0, le=MAX_LR, description="Peak LR of the last layer group when unfrozen.")
+    frozen_lr: float = Field(2e-2, gt=0, le=MAX_LR, description="Peak LR of the frozen phase.")
     lr_decay: float = Field(2.6, ge=1, description="Discriminative LR: each lower layer group gets lr / lr_decay.")
 
 
@@ -149,8 +156,8 @@ class ClassifyConfig(_Frozen):
     def _phases_match(self):
         if len(self.epochs_per_phase) != len(self.lrs) or not self.lrs:
             raise ValueError("epochs_per_phase and lrs must be non-empty and of the same length")
-        if any(e < 0 for e in self.epochs_per_phase) or any(lr <= 0 for lr in self.lrs):
-            raise ValueError("epochs must be >= 0 and learning rates > 0")
+        if any(e < 0 for e in self.epochs_per_phase) or any(not 0 < lr <= MAX_LR for lr in self.lrs):
+            raise ValueError(f"epochs must be >= 0 and learning rates > 0 and <= {MAX_LR:g}")
         return self
 
 
@@ -184,11 +191,16 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
 
 
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`classify.lrs=[0.01,0.005]` -> (['classify', 'lrs'], [0.01, 0.005]). Values are JSON, else strings."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form section.field=value")
     key, raw = item.split("=", 1)
+    if not _KEY.fullmatch(key.strip()):
+        raise ConfigError(f"override {item!r}: {key.strip()!r} is not a section.field name")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:

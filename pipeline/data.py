@@ -5,6 +5,7 @@ a user can fix the data without reading a traceback. Downloading lives in `pipel
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -210,8 +211,16 @@ def _require_columns(path: Path, available: list, wanted: list[str]) -> None:
         raise DataError(f"{path}: no column {missing[0]!r}; available columns: {available}")
 
 
+def _refuse_duplicates(path: Path, names: list) -> None:
+    repeated = sorted({str(n) for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"{path}: column {repeated[0]!r} appears {names.count(repeated[0])} times; rename the "
+                        "copies so it is clear which one to read")
+
+
 def _read_parquet(path: Path, cols: list[str]) -> pd.DataFrame:
     try:
+        _refuse_duplicates(path, pq.read_schema(path).names)
         _require_columns(path, pq.read_schema(path).names, cols)
         return pd.read_parquet(path, columns=cols)
     except (pa.ArrowException, OSError) as e:
@@ -220,6 +229,8 @@ def _read_parquet(path: Path, cols: list[str]) -> pd.DataFrame:
 
 def _read_delimited(path: Path, sep: str, header: int | None = 0) -> pd.DataFrame:
     text = _decode(path, path.read_bytes())
+    if header is not None:  # pandas would rename a second "text" to "text.1" and read the first silently
+        _refuse_duplicates(path, next(csv.reader(io.StringIO(text), delimiter=sep), []))
     try:  # dtype=str, no NA guessing: a review that says "NA" is text, not a missing value
         return pd.read_csv(io.StringIO(text), sep=sep, header=header, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError as e:
@@ -234,7 +245,7 @@ def _read_jsonl(path: Path) -> tuple[pd.DataFrame, list[int]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=partial(_unique_keys, f"{path}, line {n}"))
         except json.JSONDecodeError as e:
             raise DataError(f"{path}, line {n}: invalid JSON: {e.msg}") from e
         if not isinstance(row, dict):
@@ -242,6 +253,14 @@ def _read_jsonl(path: Path) -> tuple[pd.DataFrame, list[int]]:
         rows.append(row)
         line_nos.append(n)
     return pd.DataFrame(rows), line_nos
+
+
+def _unique_keys(where: str, pairs: list[tuple]) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) < len(keys):
+        repeated = next(k for k in keys if keys.count(k) > 1)
+        raise DataError(f"{where}: key {repeated!r} appears {keys.count(repeated)} times in one object")
+    return dict(pairs)
 
 
 def _decode(path: Path, data: bytes) -> str:
@@ -328,6 +347,19 @@ def _validate(df: pd.DataFrame, where: Where, origin: str, allowed: list[str] | 
     return out
 
 
+# What pandas would have read as missing (read_csv's default NA strings): as a label, "NA" is
+# almost always an empty cell, not a class of its own.
+NA_LABELS = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+             "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+
+
+def class_counts(labels: pd.Series) -> str:
+    """"'neg' 12,500, 'pos' 12,500": every class found, most frequent first (for error messages)."""
+    counts = sorted(labels.astype(str).value_counts().items(), key=lambda item: (-item[1], item[0]))
+    shown = ", ".join(f"{label!r} {n:,}" for label, n in counts[:12])
+    return shown + (f", ... ({len(counts)} classes)" if len(counts) > 12 else "")
+
+
 def _validate_labels(label: pd.Series, where: Where, origin: str, allowed: list[str] | None) -> pd.Series:
     missing = label.isna() | label.astype(str).str.strip().eq("")
     if (i := _first(missing)) is not None:
@@ -335,6 +367,13 @@ def _validate_labels(label: pd.Series, where: Where, origin: str, allowed: list[
     label = label.astype(str)
     if allowed is not None and (i := _first(~label.isin(allowed))) is not None:
         raise DataError(f"{where(i)}: label {label[i]!r} is not one of {sorted(allowed)}")
+    if (i := _first(label.str.strip().isin(NA_LABELS))) is not None:
+        raise DataError(f"{where(i)}: label {label[i]!r} reads as a missing value, not a class; fill it in or "
+                        f"drop the row (classes found: {class_counts(label)})")
+    variants = label.groupby(label.str.strip().str.casefold()).unique()
+    if (clash := next((list(v) for v in variants if len(v) > 1), None)) is not None:
+        raise DataError(f"{origin}: labels {' and '.join(map(repr, sorted(clash)))} differ only in case or "
+                        f"surrounding spaces; make them the same (classes found: {class_counts(label)})")
     if label.nunique() < 2:
         raise DataError(f"{origin}: only one class present ({label[0]!r}); a classifier needs at least two")
     return label

@@ -56,6 +56,12 @@ def chain_folders(run_dir: str | Path, suffix: str) -> dict[str, Path]:
     return {name: folder.with_name(folder.name + suffix) for name, folder in stage_folders(run_dir).items()}
 
 
+def run_folders(cfg: RunConfig, run_dir: str | Path) -> list[Path]:
+    """Every folder a run of `cfg` writes in `run_dir`: each chain's stage folders, and the ensemble's."""
+    folders = [f for suffix, _ in chains(cfg) for f in chain_folders(run_dir, suffix).values()]
+    return folders + ([Path(run_dir).expanduser().resolve() / ENSEMBLE] if len(chains(cfg)) > 1 else [])
+
+
 def classifier_stage() -> str:
     """The registered stage that trains the classifier: the first one whose model is a classifier
     (a later one, such as an export, only builds on it)."""

@@ -19,3 +19,7 @@ class ArtifactError(UlmfitError):
 
 class RunLockedError(UlmfitError):
     """Another ulmfit process is running on the same run directory."""
+
+
+class RunDirError(UlmfitError):
+    """The run directory (--out) cannot be used: a file, read-only, or holding files the tool did not write."""

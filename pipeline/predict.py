@@ -1,57 +1,134 @@
 """Predictions from a finished run's classifier artifact.
 
-Texts are encoded by the classify stage's own `encode_texts`: cut to `classify.max_tokens` and read
-in the direction the classifier was trained in (its model file's config), as in its test evaluation."""
+Texts go through exactly what the classify stage's test evaluation runs: `classify.encode_texts`
+(tokens cut to `classify.max_tokens` as in training, read in the direction the classifier was trained
+in: its model file's config), the stage's batching loader (reviews of
+similar length together) and `classify.class_probs`. So a review scores the same here as it did
+in the evaluation. Texts are classified TEXTS_PER_STEP at a time, in batches: `predict_stream`
+yields each step's results before it reads the next texts, so a large file streams through.
+"""
 from __future__ import annotations
 
+import itertools
+import sys
 from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import torch
 
-from pipeline.artifacts import is_complete, load_model_file
+from pipeline.artifacts import MANIFEST, load_model_file, verify_folder
 from pipeline.config import ClassifyConfig
+from pipeline.data import MAX_DOC_CHARS, load_corpus
 from pipeline.direction import model_direction
 from pipeline.errors import ArtifactError, DataError
-from pipeline.stages.classify import build_model, encode_texts
+from pipeline.stages.classify import build_model, class_probs, encode_texts, loader
 from pipeline.text import encoder_from_state
+
+TEXTS_PER_STEP = 256  # texts tokenized and classified together; results stream out step by step
 
 
 def classifier_dir(run: str | Path) -> Path:
+    """The classify stage folder of a run directory (or the folder itself), verified against its manifest."""
     run = Path(run).expanduser()
-    folder = run / "classify" if (run / "classify").is_dir() else run
     if not run.exists():
         raise ArtifactError(f"{run}: no such run directory")
-    if not is_complete(folder):
-        raise ArtifactError(f"{run}: no complete classify stage here (expected {run}/classify/manifest.json); "
+    is_stage = (run / MANIFEST).exists() or (run.name == "classify" and not (run / "classify").is_dir())
+    folder = run if is_stage else run / "classify"
+    if not (folder / MANIFEST).exists():
+        raise ArtifactError(f"{run}: no complete classify stage here (expected {folder / MANIFEST}); "
                             "run `ulmfit run` first")
+    verify_folder(folder)  # a damaged file is named, in one line
     return folder
 
 
-def load_classifier(run: str | Path):
-    """(model in eval mode, its ModelFile, its text encoder) of a run's classify stage."""
-    mf = load_model_file(classifier_dir(run), expect_kind="classifier")
-    cc = ClassifyConfig(**mf.config["classify"])
-    encoder = encoder_from_state(mf.tokenizer, mf.vocab)
-    _, model = build_model(mf, len(mf.classes), cc, encoder.specials, load_encoder=False)
-    model.load_state_dict(mf.state_dict)
-    return model.eval(), mf, encoder
+class Classifier:
+    """A run's classifier, ready to score texts: the model, its classes, encoder and batching."""
+
+    def __init__(self, run: str | Path):
+        from fastai.data.core import DataLoaders
+
+        from pipeline.accel import resolve_precision
+        from pipeline.training import make_learner, pick_device
+
+        self.model_file = mf = load_model_file(classifier_dir(run), expect_kind="classifier")
+        self.cc = ClassifyConfig(**mf.config["classify"])
+        self.classes = list(mf.classes)
+        self.encoder = encoder_from_state(mf.tokenizer, mf.vocab)
+        self.direction = model_direction(mf.config)
+        backbone, model = build_model(mf, len(self.classes), self.cc, self.encoder.specials, load_encoder=False)
+        model.load_state_dict(mf.state_dict)
+        self.device = pick_device("auto")
+        # the arithmetic the stage's evaluation used (its `precision` setting, resolved for this device)
+        self.precision = precision = resolve_precision(mf.config.get("precision", "fp32"), backbone, self.device)
+        self._loader = lambda items: loader(items, self.cc, False, self.device, self.encoder.specials.pad)
+        placeholder = self._loader([(torch.zeros(1, dtype=torch.long), torch.tensor(0))])  # a Learner needs dls
+        # No RecomputeBNStats: the saved BatchNorm statistics are the ones the test evaluation used.
+        self.learn = make_learner(DataLoaders(placeholder, placeholder, device=self.device), model.eval(),
+                                  backbone.classifier_splitter, backbone.classifier_callbacks(), [], self.cc.wd,
+                                  self.device, precision=precision)
+
+    def probs(self, texts: list[str]) -> torch.Tensor:
+        """(n_texts, n_classes) probabilities, rows in the order of `texts`."""
+        ids = encode_texts(texts, self.encoder, self.cc, "predict", self.direction, cache=False)
+        probs, _ = class_probs(self.learn, self._loader([(x, torch.tensor(0)) for x in ids]))
+        return probs
 
 
-@torch.no_grad()
+def check_text(text: str, where: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where} is empty: nothing to classify")
+    if len(text) > MAX_DOC_CHARS:
+        raise DataError(f"{where} has {len(text):,} characters, over the limit of {MAX_DOC_CHARS:,} "
+                        "(pipeline.data.MAX_DOC_CHARS); split it into documents")
+    return text
+
+
+def predict_stream(run: str | Path, texts: Iterable[str], where=lambda i: f"text #{i + 1}") \
+        -> Iterator[tuple[str, str, float]]:
+    """(text, label, probability) for each text, a step of TEXTS_PER_STEP texts at a time.
+    `where(i)` names the i-th text (0-based) in error messages ("text #3", "reviews.txt, line 3")."""
+    classifier, numbered = None, enumerate(texts)
+    while step := list(itertools.islice(numbered, TEXTS_PER_STEP)):
+        batch = [check_text(text, where(i)) for i, text in step]
+        classifier = classifier or Classifier(run)
+        probs = classifier.probs(batch)
+        best = probs.argmax(dim=1)
+        for text, k, row in zip(batch, best.tolist(), probs):
+            yield text, classifier.classes[k], float(row[k])
+
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl")
+
+
+def texts_from_file(source: str, text_col: str = "text") -> tuple[Iterable[str], Callable[[int], str]]:
+    """The texts of `source` and how to name the i-th one: a column of a table file (read and checked
+    by the corpus loader), else one text per line, read lazily ("-" is stdin)."""
+    if source == "-":
+        return _lines(sys.stdin.buffer, "stdin"), lambda i: f"stdin, line {i + 1}"
+    path = Path(source).expanduser()
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        frame = load_corpus(str(path), None, text_col=text_col)
+        return frame["text"].tolist(), lambda i: f"{path}, row {i} (0-based data row)"
+    if not path.is_file():
+        raise DataError(f"{path}: not found (expected a text file, one text per line, or {', '.join(TABLE_SUFFIXES)})")
+    return _lines(path.open("rb"), str(path)), lambda i: f"{path}, line {i + 1}"
+
+
+def _lines(stream: BinaryIO, name: str) -> Iterator[str]:
+    with stream:
+        for n, raw in enumerate(stream, start=1):
+            if b"\x00" in raw:
+                raise DataError(f"{name}, line {n}: NUL byte, a binary (or UTF-16) file, not UTF-8 text")
+            try:
+                text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{name}, line {n}: not UTF-8 (byte {raw[err.start]:#04x})") from None
+            yield text.rstrip("\r\n")
+
+
 def predict(run: str | Path, texts: list[str]) -> list[tuple[str, float]]:
     """(label, probability) for each text."""
-    empty = [i for i, t in enumerate(texts) if not t or not t.strip()]
-    if empty:
-        raise DataError(f"text #{empty[0] + 1} is empty: nothing to classify")
-    model, mf, encoder = load_classifier(run)
-    cc, direction = ClassifyConfig(**mf.config["classify"]), model_direction(mf.config)
-    results = []
-    for doc in encode_texts(list(texts), encoder, cc, "predict", direction):
-        ids = doc[None]
-        if hasattr(model, "reset"):
-            model.reset()
-        out = model(ids)
-        probs = torch.softmax((out[0] if isinstance(out, tuple) else out)[0].float(), dim=-1)
-        best = int(probs.argmax())
-        results.append((mf.classes[best], float(probs[best])))
-    return results
+    texts = list(texts)
+    for i, text in enumerate(texts):  # every text checked before the model loads
+        check_text(text, f"text #{i + 1}")
+    return [(label, prob) for _, label, prob in predict_stream(run, texts)]

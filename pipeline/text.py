@@ -45,8 +45,8 @@ class WordEncoder:
         self.itos, self.lang, self.n_workers = list(itos), lang, n_workers
         self.cache_dir, self.specials = default_cache_dir(cache_dir), WORD_SPECIALS
 
-    def encode(self, texts: list[str], name: str = "texts") -> list[np.ndarray]:
-        if len(texts) < CACHE_MIN_DOCS:  # prompts, predictions: not worth a cache entry
+    def encode(self, texts: list[str], name: str = "texts", cache: bool = True) -> list[np.ndarray]:
+        if len(texts) < CACHE_MIN_DOCS or not cache:  # prompts, predictions: not worth a cache entry
             return [np.array(numericalize_tokens(t, self.itos), dtype=np.int64) for t in tokenize_texts(texts, self.lang)]
         corpus = tokenize_cached(texts, self.cache_dir, self.lang, self.n_workers, name)
         ids, offsets = numericalize(corpus, self.itos)
@@ -68,7 +68,7 @@ class SubwordEncoder:
         self.tokenizer, self.kind, self.specials = tokenizer, kind, specials
         self.itos = [tokenizer.id_to_token(i) or f"<{i}>" for i in range(tokenizer.get_vocab_size())]
 
-    def encode(self, texts: list[str], name: str = "texts") -> list[np.ndarray]:
+    def encode(self, texts: list[str], name: str = "texts", cache: bool = True) -> list[np.ndarray]:
         head = [] if self.specials.bos is None else [self.specials.bos]
         encoded = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
         return [np.array(head + e.ids, dtype=np.int64) for e in encoded]

@@ -21,6 +21,8 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import sys
 import time
 from array import array
 from collections import deque
@@ -33,7 +35,7 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline.artifacts import atomic_dir
+from pipeline.artifacts import MANIFEST, atomic_dir, verify_folder, write_manifest
 from pipeline.errors import ArtifactError
 
 log = logging.getLogger("ulmfit")
@@ -74,8 +76,14 @@ class TokenizedCorpus:
 def _make_tokenizer(lang: str):
     from fastai.text.core import SpacyTokenizer, TokenizeWithRules, defaults
 
+    spacy_tok = SpacyTokenizer(lang, special_toks=SPECIAL_TOKENS)
+    # spaCy refuses texts over nlp.max_length (1M characters, error E088) to protect its parser's
+    # memory; only its tokenizer runs here, linear in the text. The length limit is the loaders'
+    # (pipeline.data.MAX_DOC_CHARS), applied before a text gets here; fastai's rules lengthen a text
+    # (xxmaj, xxup ...), so spaCy's own check would fire below it.
+    spacy_tok.pipe.__self__.max_length = sys.maxsize
     # fastai's default rules: fix_html (<br /> -> \n), xxrep, xxwrep, spaces, xxup, xxmaj, lowercase+xxbos
-    return TokenizeWithRules(SpacyTokenizer(lang, special_toks=SPECIAL_TOKENS), rules=defaults.text_proc_rules)
+    return TokenizeWithRules(spacy_tok, rules=defaults.text_proc_rules)
 
 
 def tokenize_texts(texts: list[str], lang: str = "en") -> list[list[str]]:
@@ -120,8 +128,10 @@ def _stream_chunks(texts: list[str], lang: str, n_workers: int) -> Iterator[Chun
     if n_proc == 1:
         yield from map(_tokenize_chunk, _chunks(texts, lang))
         return
-    # spawn, not fork: the caller may hold threads (Prefect) or CUDA state.
-    with ProcessPoolExecutor(n_proc, mp_context=get_context("spawn")) as pool:
+    # spawn, not fork: the caller may hold threads (Prefect) or CUDA state. The workers ignore Ctrl-C
+    # (the terminal sends it to them too): the parent stops them, without a traceback from each.
+    pool = ProcessPoolExecutor(n_proc, mp_context=get_context("spawn"), initializer=_ignore_sigint)
+    try:
         pending: deque = deque()
         for chunk in _chunks(texts, lang):
             pending.append(pool.submit(_tokenize_chunk, chunk))
@@ -129,6 +139,12 @@ def _stream_chunks(texts: list[str], lang: str, n_workers: int) -> Iterator[Chun
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+    finally:  # on an interrupt, chunks not started yet are dropped instead of tokenized first
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _tokenize_to_disk(texts: list[str], lang: str, n_workers: int, folder: Path, name: str) -> None:
@@ -186,21 +202,65 @@ def _load(folder: Path) -> TokenizedCorpus:
                            np.load(folder / "offsets.npy"))
 
 
+CACHE_FILES = {"types.json", "counts.npy", "ids.npy", "offsets.npy", "ids.raw", MANIFEST}
+
+
+def _cache_problem(folder: Path) -> str | None:
+    """None if the cached tokens are intact (every file matches its sha256 in the manifest)."""
+    if not (folder / MANIFEST).exists():
+        return _adopt_older_entry(folder)
+    try:
+        verify_folder(folder, sorted(CACHE_FILES - {"ids.raw", MANIFEST}))
+    except (ArtifactError, OSError) as err:
+        return str(err)
+    return None
+
+
+def _adopt_older_entry(folder: Path) -> str | None:
+    """An entry from before caches had manifests: kept (and given a manifest) when its arrays fit
+    together, so an upgrade does not tokenize WikiText-103 again; otherwise why it cannot be used."""
+    try:
+        corpus = _load(folder)
+        consistent = (corpus.offsets[0] == 0 and corpus.offsets[-1] == len(corpus.ids)
+                      and len(corpus.counts) == len(corpus.types) and corpus.counts.sum() == len(corpus.ids))
+    except (OSError, ValueError, EOFError):
+        consistent = False
+    if not consistent:
+        return f"{folder}: no {MANIFEST} and its arrays do not fit together (cut short?)"
+    write_manifest(folder)
+    return None
+
+
+def _only_cache_files(folder: Path) -> str | None:
+    """A token-cache folder may be replaced when it holds nothing but token-cache files."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        return "exists and is not a token-cache folder"
+    extra = sorted(p.name for p in folder.iterdir() if p.name not in CACHE_FILES) if folder.is_dir() else []
+    return f"holds files that are not token-cache files ({', '.join(extra[:3])})" if extra else None
+
+
 def tokenize_cached(texts: list[str], cache_dir: Path, lang: str = "en", n_workers: int = 2,
                     name: str = "corpus") -> TokenizedCorpus:
-    """Tokenize `texts`, or load the result of an earlier identical call from `cache_dir`."""
+    """Tokenize `texts`, or load the result of an earlier identical call from `cache_dir`.
+
+    A cached entry is checked against its manifest's sha256s first: a truncated or damaged
+    cache file is tokenized again, never loaded."""
     folder = Path(cache_dir) / "tokens" / token_cache_key(texts, lang)
-    if (folder / "types.json").exists():
-        log.info("tokens for %s: cached (%s)", name, folder.name)
-        return _load(folder)
+    if folder.exists():
+        problem = _cache_problem(folder)
+        if problem is None:
+            log.info("tokens for %s: cached (%s)", name, folder.name)
+            return _load(folder)
+        log.warning("token cache for %s cannot be used, tokenizing again: %s", name, problem)
     start = time.perf_counter()
     log.info("tokenizing %s: %d documents with %d process(es)", name, len(texts),
              _process_count(len(texts), n_workers))
     try:
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(folder, _only_cache_files) as tmp:
             _tokenize_to_disk(texts, lang, n_workers, tmp, name)
+            write_manifest(tmp)
     except ArtifactError:
-        if not (folder / "types.json").exists():
+        if _cache_problem(folder) is not None:
             raise
         # another run (a different run directory) cached the same texts at the same moment
     corpus = _load(folder)

@@ -21,6 +21,7 @@ from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
 
 from pipeline.accel import prepare
+from pipeline.guards import FiniteLoss
 
 log = logging.getLogger("ulmfit")
 HEARTBEAT_SECS = 30.0
@@ -118,7 +119,7 @@ def fit(learn: Learner, epochs: int, lr, schedule: str, phase: str, recorder: Ep
     if epochs <= 0:
         return
     recorder.phase = phase
-    cbs, start = [recorder, EpochSeed()], 0
+    cbs, start = [recorder, EpochSeed(), FiniteLoss(phase, lr)], 0
     if ckpt is not None:
         start = ckpt.resume(phase, learn, recorder, epochs)
         if start >= epochs:
@@ -131,7 +132,7 @@ def fit(learn: Learner, epochs: int, lr, schedule: str, phase: str, recorder: Ep
         learn.fit(epochs, cbs=[_stlr(learn, lr), *cbs], start_epoch=start)
     for cb in cbs:
         if hasattr(cb, "raise_error"):
-            cb.raise_error()  # a checkpoint that could not be written (disk full)
+            cb.raise_error()  # a checkpoint that could not be written (disk full), a diverged loss
 
 
 def _stlr(learn: Learner, lr, cut_frac: float = 0.1, ratio: float = 32.0) -> ParamScheduler:

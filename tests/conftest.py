@@ -101,3 +101,70 @@ def served(prefect_server, tmp_path_factory):
             yield {"proc": proc, "deployment": deployment, "log": log_path, "server": prefect_server}
     finally:
         stop_process_group(proc)
+
+
+# --- real small and read-only filesystems (disk full, read-only --out) -----------------------------
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """mount_tmpfs(name, options) -> (tmp_path/name, mounted): a fresh tmpfs mounted there (options e.g.
+    "size=1200k" or "ro"), or a plain folder and False where this process may not mount (not root, or no
+    CAP_SYS_ADMIN in a container). Callers emulate the filesystem then, through the same code under test."""
+    import subprocess
+
+    mounted = []
+
+    def mount(name: str, options: str) -> tuple[Path, bool]:
+        target = tmp_path / name
+        target.mkdir()
+        if os.geteuid() != 0:
+            return target, False
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True)
+        if done.returncode == 0:
+            mounted.append(target)
+        return target, done.returncode == 0
+
+    yield mount
+    for target in mounted:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+class NoSpaceFile:
+    """A binary file whose writes fail with ENOSPC once `budget` bytes are written: a full disk as a
+    Python file object meets it (torch's writer then raises its own RuntimeError around it)."""
+
+    def __init__(self, path, budget: int = 0):
+        self._fh, self._left = open(path, "wb"), budget
+
+    def write(self, data) -> int:
+        import errno
+
+        if len(data) > self._left:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._left -= len(data)
+        return self._fh.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._fh.close()
+
+
+@pytest.fixture
+def full_disk(mount_tmpfs, monkeypatch):
+    """full_disk(size) -> a folder on a real tmpfs of that size; without mount rights, a plain folder
+    where every torch.save of the pipeline (pipeline.artifacts.save_torch) meets ENOSPC at once."""
+    from pipeline import artifacts
+
+    def make(size: str = "1200k") -> Path:
+        folder, real = mount_tmpfs("small-disk", f"size={size}")
+        if not real:
+            monkeypatch.setattr(artifacts, "open", lambda path, mode="r", *a, **k:
+                                NoSpaceFile(path) if "w" in mode else open(path, mode, *a, **k), raising=False)
+        return folder
+
+    return make

@@ -111,3 +111,80 @@ def test_disk_full_while_writing_leaves_nothing(tmp_path, monkeypatch):
     assert "No space left on device" in str(err.value) and "\n" not in str(err.value)
     assert read_manifest(old) == before and is_complete(old, "old")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["classify"]  # no temp folder left behind
+
+
+# --- a real full disk (issue 11): torch.save raised `RuntimeError [enforce fail at inline_container.cc]`
+# with no "No space left" and left a *.tmp-PID checkpoint file behind ------------------------------
+
+BIG = {"kind": "lm", "state_dict": {"w": torch.zeros(200_000)}, "vocab": ["a"]}  # 800 kB
+
+
+def _leftovers(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if ".tmp-" in p.name or ".old-" in p.name)
+
+
+def test_save_torch_on_a_full_disk_is_enospc(full_disk):
+    disk = full_disk("64k")
+    with pytest.raises(OSError) as err:
+        artifacts.save_torch(BIG, disk / "model.pt")
+    assert err.value.errno == errno.ENOSPC and "No space left on device" in str(err.value)
+
+
+def test_save_torch_through_a_file_that_fills_up(tmp_path, monkeypatch):
+    """The emulation used where a test may not mount: a file object whose write raises ENOSPC."""
+    from tests.conftest import NoSpaceFile
+
+    monkeypatch.setattr(artifacts, "open", lambda path, mode="r": NoSpaceFile(path, budget=5000), raising=False)
+    with pytest.raises(OSError) as err:
+        artifacts.save_torch(BIG, tmp_path / "model.pt")
+    assert err.value.errno == errno.ENOSPC
+
+
+def test_stage_write_on_a_full_disk_is_one_line_and_leaves_nothing(full_disk):
+    disk = full_disk("64k")
+    with pytest.raises(ArtifactError) as err:
+        write_stage(disk / "pretrain", model=_model(state_dict=BIG["state_dict"]), metrics={"x": 1.0},
+                    history=pd.DataFrame({"epoch": [0]}),
+                    card="# card\n", cache_key="k")
+    message = str(err.value)
+    assert "No space left on device" in message and "nothing was written" in message and "\n" not in message
+    assert sorted(p.name for p in disk.iterdir()) == []  # no temp folder left behind
+
+
+def test_checkpoint_on_a_full_disk_is_one_line_and_leaves_no_temp_file(full_disk):
+    from types import SimpleNamespace
+
+    from pipeline.checkpoint import Checkpointer
+
+    disk = full_disk("64k")
+    ckpt = Checkpointer(disk / "pretrain.partial", "k")
+    model = torch.nn.Linear(400, 500)  # 800 kB of weights
+    learn = SimpleNamespace(model=model, opt=SimpleNamespace(state_dict=lambda: {"state": [], "hypers": []}),
+                            dls=SimpleNamespace(loaders=[]))
+    with pytest.raises(ArtifactError) as err:
+        ckpt.save("pretrain", learn, 1, 2, SimpleNamespace(rows=[], batch_losses=[]))
+    assert "No space left on device" in str(err.value) and "\n" not in str(err.value)
+    assert _leftovers(disk) == [] and not (disk / "pretrain.partial").exists()
+
+
+def test_ctrl_c_during_a_save_is_an_interrupt_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    """Ctrl-C inside torch.save's write became `RuntimeError: [enforce fail ...]` (a traceback, exit 1)
+    and left the checkpoint's *.tmp-PID file: the interrupt itself must come out, and nothing stay."""
+    from types import SimpleNamespace
+
+    from pipeline.checkpoint import Checkpointer
+    from tests.conftest import NoSpaceFile
+
+    class InterruptedFile(NoSpaceFile):
+        def write(self, data):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(artifacts, "open", lambda path, mode="r": InterruptedFile(path), raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        artifacts.save_torch(BIG, tmp_path / "model.pt")
+    ckpt = Checkpointer(tmp_path / "adapt.partial", "k")
+    learn = SimpleNamespace(model=torch.nn.Linear(2, 2), opt=SimpleNamespace(state_dict=lambda: {"state": [], "hypers": []}),
+                            dls=SimpleNamespace(loaders=[]))
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save("adapt", learn, 1, 2, SimpleNamespace(rows=[], batch_losses=[]))
+    assert _leftovers(tmp_path) == [] and not (tmp_path / "adapt.partial").exists()

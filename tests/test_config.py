@@ -59,3 +59,29 @@ def test_stage_config_excludes_worker_count():
     b = load_config("smoke", ["tokenizer.n_workers=2"])
     assert stage_config(a, "pretrain") == stage_config(b, "pretrain")
     assert stage_config(a, "classify") != stage_config(load_config("smoke", ["classify.bs=8"]), "classify")
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("classify.bs=true", "classify.bs"),              # was read as 1
+    ("compile=1", "compile"),                          # a number is not a boolean
+    ("classify.n_labels=500.0", "classify.n_labels"),  # nor a float an integer
+    ("tokenizer.lang=5", "tokenizer.lang"),
+    ("pretrain.lr=Infinity", "finite"),               # was accepted, and shown as null by --show-config
+    ("adapt.lr=NaN", "finite"),
+    ("classify.lrs=[0.01,-Infinity]", "finite"),
+    ("classify.wd=1e999", "finite"),                  # JSON reads 1e999 as infinity
+    ("classify.lrs=[1e308,1e308]", "learning rates > 0 and <= 10"),  # overflowed float32 in the optimizer
+    ("pretrain.lr=11", "less than or equal to 10"),
+])
+def test_strict_types_and_finite_numbers(override, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config("smoke", [override])
+
+
+def test_show_config_never_prints_null_for_a_number(capsys):
+    from flows.cli import main
+
+    assert main(["run", "--preset", "smoke", "--set", "pretrain.lr=Infinity", "--show-config"]) == 2
+    assert "finite" in capsys.readouterr().err
+    assert main(["run", "--preset", "smoke", "--set", "pretrain.lr=0.5", "--show-config"]) == 0
+    assert '"lr": 0.5' in capsys.readouterr().out

@@ -377,7 +377,25 @@ BAD_INPUTS = {
     "registry-offline": (lambda tmp: ("imdb", {"split": "test", "data_dir": tmp / "empty", "download": False}),
                          ["imdb/test.parquet", "download=False", "https://s3.amazonaws.com/fast-ai-nlp/imdb.tgz"]),
     "missing-label-folder": (_tree("imdb", {"train/pos/0_9.txt": b"good"}), ["neg", "missing label folder"]),
+    # issue 11: input read in ways the user did not mean
+    "duplicate-columns-csv": (_csv("d.csv", b"text,text,label\na,b,x\nc,d,y\n"), ["d.csv", "column 'text'", "2 times"]),
+    "duplicate-columns-tsv": (_csv("d.tsv", b"text\tlabel\tlabel\na\tx\ty\nc\ty\tx\n"), ["d.tsv", "'label'", "2 times"]),
+    "duplicate-columns-parquet": (lambda tmp: _duplicate_parquet(tmp / "d.parquet"), ["d.parquet", "'text'", "2 times"]),
+    "duplicate-keys-jsonl": (_csv("d.jsonl", b'{"text": "a", "text": "b", "label": "x"}\n'), ["d.jsonl", "line 1", "'text'"]),
+    "na-label": (_csv("na.csv", b"text,label\na,x\nb,NA\nc,y\nd,x\n"),
+                 ["na.csv", "row 1", "'NA'", "missing value", "classes found: 'x' 2, 'NA' 1, 'y' 1"]),
+    "label-case-variants": (_csv("c.csv", b"text,label\na,neg\nb,Neg\nc,pos\nd,neg\n"),
+                            ["c.csv", "'Neg' and 'neg'", "differ only in case", "'neg' 2, 'Neg' 1, 'pos' 1"]),
+    "label-space-variants": (_csv("s.csv", b"text,label\na,pos\nb,pos \nc,neg\n"), ["s.csv", "'pos' and 'pos '", "spaces"]),
 }
+
+
+def _duplicate_parquet(path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table([["a", "b"], ["c", "d"], ["x", "y"]], names=["text", "text", "label"]), path)
+    return str(path), {"label_col": "label"}
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
@@ -392,3 +410,49 @@ def test_bad_input_raises_one_data_error(tmp_path, case):
         load_corpus(source, **kwargs)
     for part in expected:
         assert part in str(info.value), f"{part!r} not in {str(info.value)!r}"
+
+
+# --- labeled splits for stage 3 (issue 11: a split too small to train or test on, registry test corpora) ---
+
+def _labeled_csv(tmp: Path, n: int) -> str:
+    rows = "".join(f"review {i},{'pos' if i % 2 else 'neg'}\n" for i in range(n))
+    (tmp / f"r{n}.csv").write_text("text,label\n" + rows)
+    return str(tmp / f"r{n}.csv")
+
+
+@pytest.mark.parametrize("n_rows, n_valid, fragments", [
+    (4, 2, ["4 labeled rows are too few", "20% out as the test set (0 rows)", "'neg' 2, 'pos' 2"]),  # was IndexError
+    (10, 8, ["0 rows are left for training", "classify.n_valid=8", "'neg' 4, 'pos' 4"]),  # was AttributeError
+])
+def test_splits_too_small_are_one_data_error(tmp_path, n_rows, n_valid, fragments):
+    from pipeline.config import load_config
+    from pipeline.stages.classify_data import load_splits
+
+    cfg = load_config("smoke", [f"classify.corpus={_labeled_csv(tmp_path, n_rows)}", f"classify.n_valid={n_valid}",
+                                "classify.n_labels=null", "classify.n_test=null"])
+    with pytest.raises(DataError) as info:
+        load_splits(cfg.classify, tmp_path, cfg.seed)
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+
+
+def test_class_shortfall_says_what_classes_were_found(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.stages.classify_data import load_splits
+
+    (tmp_path / "u.csv").write_text("text,label\n" + "".join(f"r{i},{'a' if i < 30 else 'b'}\n" for i in range(36)))
+    cfg = load_config("smoke", [f"classify.corpus={tmp_path / 'u.csv'}", "classify.n_valid=4", "classify.n_labels=20"])
+    with pytest.raises(DataError, match=r"class 'b'.*classes found: 'a' 2\d, 'b' \d"):
+        load_splits(cfg.classify, tmp_path, cfg.seed)
+
+
+def test_registry_name_as_test_corpus_means_its_test_split(real_dir):
+    """`classify.test_corpus=imdb` said "dataset 'imdb' has no split None"."""
+    from pipeline.config import load_config
+    from pipeline.stages.classify_data import load_splits
+
+    cfg = load_config("smoke", ["classify.test_corpus=imdb"])
+    splits = load_splits(cfg.classify, real_dir, cfg.seed)
+    default = load_splits(load_config("smoke").classify, real_dir, cfg.seed)
+    assert splits.test_source == "imdb" and len(splits.test) == cfg.classify.n_test
+    assert splits.test["text"].tolist() == default.test["text"].tolist()  # the same test split

@@ -156,3 +156,32 @@ def test_transformer_backbones_through_the_smoke_flow(backbone, tokenizer, tmp_p
     assert predicted.returncode == 0 and json.loads(predicted.stdout)["label"] in ("neg", "pos")
     again = ulmfit("run", "--preset", "smoke", "--out", str(run_dir), *sets, "--set", "classify.lrs=[0.01,0.005]")
     assert again.states == {"pretrain": "Cached", "adapt": "Cached", "classify": "Completed"}
+
+
+# A stage that fails with a user error (here: the disk fills up while classify writes its first checkpoint).
+FAILING_RUN = """
+import errno, sys
+from pipeline import artifacts
+
+def full(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+artifacts.torch.save = full
+from flows.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_error_inside_a_stage_is_one_line_without_prefect_traceback(first_run, verbose):
+    """Prefect logged ~100 lines of traceback before the `ulmfit: error:` line; they show with -v only."""
+    run_dir, _ = first_run
+    args = ["run", "--preset", "smoke", "--out", str(run_dir), "--set", "classify.lrs=[0.02,0.02]"]
+    proc = subprocess.run([sys.executable, "-c", FAILING_RUN, *args, *(["-v"] if verbose else [])],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("ulmfit: error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0]
+    assert ("Traceback" in proc.stderr) == verbose, proc.stderr[-3000:]
+    if not verbose:
+        assert not any("Finished in state Failed" in line for line in proc.stderr.splitlines())

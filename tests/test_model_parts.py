@@ -124,3 +124,23 @@ def test_stlr_schedule_shape():
     assert lrs.max() == pytest.approx(0.01, rel=0.1)
     assert lrs[0] == pytest.approx(0.01 / 32, rel=0.5)
     assert 0 < peak < len(lrs) * 0.25 and lrs[-1] < lrs.max() / 10
+
+
+def test_a_diverged_loss_stops_training_with_one_line():
+    """A learning rate far too high turns the loss into NaN/inf; fastai trained on and the stage reported
+    perplexity nan (or failed later, sampling from NaN probabilities). Now one TrainingDiverged line."""
+    from fastai.data.core import DataLoaders
+
+    from pipeline.guards import TrainingDiverged
+    from pipeline.training import EpochLog, fit, make_learner
+
+    torch.manual_seed(0)
+    items = [(torch.randn(4) * 1e10, torch.tensor(i % 2)) for i in range(64)]  # large inputs: logits overflow
+    dls = DataLoaders.from_dsets(items, items[:8], bs=8, num_workers=0)
+    learn = make_learner(dls, torch.nn.Linear(4, 2), lambda m: [list(m.parameters())], [], [], 0.0,
+                         torch.device("cpu"))
+    with pytest.raises(TrainingDiverged) as err:
+        fit(learn, 2, 1e30, "one_cycle", "phase1", EpochLog("phase1"))  # one step: logits of 1e39, inf in float32
+    message = str(err.value)
+    assert "\n" not in message and "phase1: the training loss became" in message and "lower it" in message
+    assert "epoch 1" in message

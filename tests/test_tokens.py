@@ -69,7 +69,7 @@ def test_streamed_arrays_match_the_in_memory_definition(tmp_path, monkeypatch):
     assert corpus.offsets.tolist() == np.cumsum([0] + [len(d) for d in docs]).tolist()
     assert isinstance(corpus.ids, np.memmap)  # ids stay on disk
     assert sorted(p.name for p in next((tmp_path / "tokens").iterdir()).iterdir()) == \
-        ["counts.npy", "ids.npy", "offsets.npy", "types.json"]
+        ["counts.npy", "ids.npy", "manifest.json", "offsets.npy", "types.json"]  # manifest: sha256 of each
 
 
 def test_vocab_and_numericalize(tmp_path):
@@ -93,3 +93,48 @@ def test_detokenize_restores_case_for_display():
     from pipeline.tokens import detokenize
 
     assert detokenize(["xxbos", "xxmaj", "this", "is", "xxup", "great", "!"]) == "This is GREAT !"
+
+
+@pytest.mark.parametrize("damage", ["truncate-ids", "flip-byte", "missing-file", "older-entry-cut-short"])
+def test_damaged_token_cache_is_tokenized_again(tmp_path, damage):
+    """A truncated cache file made np.load fail with `mmap length is greater than file size`; a damaged
+    entry is now detected by its sha256 (like a stage artifact) and rebuilt, never loaded."""
+    texts = [f"review number {i}, rather good" for i in range(20)]
+    first = tokenize_cached(texts, tmp_path, n_workers=0)
+    expected = np.array(first.ids)  # a copy: first.ids maps the file damaged below
+    folder = tmp_path / "tokens" / tokens.token_cache_key(texts, "en")
+    ids = folder / "ids.npy"
+    if damage == "truncate-ids":
+        ids.write_bytes(ids.read_bytes()[: ids.stat().st_size // 2])
+    elif damage == "flip-byte":
+        data = bytearray(ids.read_bytes())
+        data[-3] ^= 0xFF
+        ids.write_bytes(bytes(data))
+    elif damage == "missing-file":
+        (folder / "offsets.npy").unlink()
+    else:  # an entry from before caches had manifests, cut short
+        (folder / "manifest.json").unlink()
+        ids.write_bytes(ids.read_bytes()[:-8])
+    again = tokenize_cached(texts, tmp_path, n_workers=0)
+    assert again.types == first.types and np.array_equal(again.ids, expected)
+    assert np.array_equal(again.offsets, first.offsets)
+
+
+def test_document_over_spacy_max_length_tokenizes():
+    """spaCy refuses texts over nlp.max_length (1,000,000 characters, E088); documents up to
+    pipeline.data.MAX_DOC_CHARS pass the loaders, so they must tokenize."""
+    text = "Fine words. " * 100_000  # 1.2 M characters
+    toks = tokenize_texts([text])[0]
+    assert toks[0] == "xxbos" and toks.count("words") == 100_000
+
+
+def test_intact_entry_from_before_manifests_is_kept(tmp_path, monkeypatch):
+    """An upgrade must not tokenize every cached corpus again: an older entry whose arrays fit together
+    is kept and given a manifest."""
+    texts = [f"review number {i}, rather good" for i in range(20)]
+    first = tokenize_cached(texts, tmp_path, n_workers=0)
+    folder = tmp_path / "tokens" / tokens.token_cache_key(texts, "en")
+    (folder / "manifest.json").unlink()
+    monkeypatch.setattr(tokens, "_stream_chunks", lambda *a: pytest.fail("tokenized again"))
+    again = tokenize_cached(texts, tmp_path, n_workers=0)
+    assert again.types == first.types and (folder / "manifest.json").exists()

@@ -50,12 +50,13 @@ def truncate(ids: np.ndarray, cc: ClassifyConfig) -> np.ndarray:
     return np.concatenate([ids[:head], ids[len(ids) - (n - head):]])
 
 
-def encode_texts(texts: list[str], encoder, cc: ClassifyConfig, name: str, direction: str) -> list[torch.Tensor]:
+def encode_texts(texts: list[str], encoder, cc: ClassifyConfig, name: str, direction: str,
+                 cache: bool = True) -> list[torch.Tensor]:
     """Token ids of each text as the classifier reads them: cut by `truncate` (so head and tail are the
     review's own), then read in the model's direction (pipeline.direction). Training, evaluation and
     predict all encode through here."""
     bos = encoder.specials.bos
-    return [torch.from_numpy(orient(truncate(ids, cc), bos, direction)) for ids in encoder.encode(texts, name)]
+    return [torch.from_numpy(orient(truncate(ids, cc), bos, direction)) for ids in encoder.encode(texts, name, cache=cache)]
 
 
 def encode(frame: pd.DataFrame, encoder, classes: list[str], cc: ClassifyConfig, name: str,
@@ -106,8 +107,15 @@ def gradual_unfreezing(learn, cc: ClassifyConfig, recorder: EpochLog, ckpt=None)
             break
 
 
-def evaluate(learn, dl, classes: list[str]) -> dict:
+def class_probs(learn, dl) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities and targets of every item in `dl` (a `loader`), in the items' order: the one
+    inference path of the test evaluation and of `pipeline.predict`."""
     probs, targets = learn.get_preds(dl=dl)
+    return probs.float(), targets
+
+
+def evaluate(learn, dl, classes: list[str]) -> dict:
+    probs, targets = class_probs(learn, dl)
     preds = probs.argmax(dim=1)
     confusion = np.zeros((len(classes), len(classes)), dtype=int)
     np.add.at(confusion, (targets.numpy(), preds.numpy()), 1)

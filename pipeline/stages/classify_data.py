@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import ClassifyConfig
-from pipeline.data import dataset_labels, is_registered, load_corpus
+from pipeline.data import class_counts, dataset_labels, is_registered, load_corpus
 from pipeline.errors import DataError
 
 USER_TEST_FRAC = 0.2  # a user's file with no test file: this share becomes the test set
@@ -43,8 +43,8 @@ def _sources(cc: ClassifyConfig) -> tuple[tuple[str, str | None], tuple[str, str
             return labeled, None, f"{USER_TEST_FRAC:.0%} of {cc.corpus} held out"
     else:
         labeled = (cc.corpus, "train")
-    if cc.test_corpus is not None:
-        return labeled, (cc.test_corpus, None), cc.test_corpus
+    if cc.test_corpus is not None:  # a registry name means its test split
+        return labeled, (cc.test_corpus, "test" if is_registered(cc.test_corpus) else None), cc.test_corpus
     return labeled, (cc.corpus, "test"), f"{cc.corpus}/test"
 
 
@@ -60,7 +60,8 @@ def balanced_sample(frame: pd.DataFrame, n: int | None, rng: np.random.Generator
     for k, (label, idx) in enumerate(groups.items()):
         want = share + (1 if k < extra else 0)
         if want > len(idx):
-            raise DataError(f"{what}: asked for {want} examples of class {label!r} but only {len(idx)} exist")
+            raise DataError(f"{what}: asked for {want} examples of class {label!r} but only {len(idx)} exist "
+                            f"(classes found: {class_counts(frame['label'])})")
         picked.append(rng.choice(idx, size=want, replace=False))
     return frame.loc[np.sort(np.concatenate(picked))]
 
@@ -74,7 +75,10 @@ def load_splits(cc: ClassifyConfig, data_dir: Path, seed: int, test_seed: int | 
     if test_from is not None:
         test = _load(*test_from, cc, data_dir)
     else:
-        test_idx = balanced_sample(labeled, int(len(labeled) * USER_TEST_FRAC), test_rng, cc.corpus).index
+        n_held = int(len(labeled) * USER_TEST_FRAC)
+        _enough(labeled, n_held, labeled, f"{cc.corpus}: {len(labeled)} labeled rows are too few to hold "
+                f"{USER_TEST_FRAC:.0%} out as the test set ({n_held} rows); add rows or set classify.test_corpus")
+        test_idx = balanced_sample(labeled, n_held, test_rng, cc.corpus).index
         test, labeled = labeled.loc[test_idx], labeled.drop(index=test_idx)
     classes = sorted(labeled["label"].unique())
     unseen = sorted(set(test["label"]) - set(classes))
@@ -82,6 +86,9 @@ def load_splits(cc: ClassifyConfig, data_dir: Path, seed: int, test_seed: int | 
         raise DataError(f"{test_source}: labels {unseen} do not occur in the training data {cc.corpus}")
     valid = balanced_sample(labeled, cc.n_valid, rng, f"{cc.corpus} (validation hold-out, classify.n_valid)")
     rest = labeled.drop(index=valid.index)
+    _enough(rest, len(rest), labeled, f"{cc.corpus}: {len(rest)} rows are left for training after the classify.n_valid="
+            f"{cc.n_valid} hold-out{'' if test_from is not None else ' and the test hold-out'}; "
+            "lower classify.n_valid or add rows")
     train = balanced_sample(rest, cc.n_labels, rng, f"{cc.corpus} (classify.n_labels, after the n_valid hold-out)")
     test = balanced_sample(test, cc.n_test, test_rng, f"{test_source} (classify.n_test)")
     return LabeledSplits(classes, train, valid, test, test_source)
@@ -97,3 +104,11 @@ def splits_at(cc: ClassifyConfig, data_dir: Path, indices: dict[str, list[int]],
     except KeyError as err:
         raise DataError(f"{cc.corpus}: the data no longer holds the rows the classifier used ({err})") from None
     return LabeledSplits(list(classes), *frames, test_source)
+
+
+def _enough(split: pd.DataFrame, n: int, labeled: pd.DataFrame, message: str) -> None:
+    """A split of n rows needs one example of every class of `labeled` at least: training, validating or
+    testing on fewer is meaningless (and an empty split breaks the data loaders)."""
+    classes = set(labeled["label"])
+    if n < len(classes) or not classes <= set(split["label"]):
+        raise DataError(f"{message} (at least one per class is needed; classes found: {class_counts(labeled['label'])})")

@@ -1,0 +1,226 @@
+"""What `ulmfit run` and `ulmfit compare` need around a flow: an API server they own, clean stops,
+and one line per user error.
+
+- **Server.** Without PREFECT_API_URL a flow needs a temporary Prefect server. Prefect's own
+  runs in the terminal's process group: Ctrl-C kills it first, and the flow then spends minutes
+  retrying its state updates against a dead server; a SIGTERM to the run leaves it orphaned.
+  `TemporaryServer` starts the same server in its own session (the terminal's Ctrl-C does not
+  reach it) with the kernel's parent-death signal set (it goes when this process goes, even by
+  `kill -9`), and stops it when the process exits.
+- **Stops.** SIGTERM is raised as `Terminated` (a KeyboardInterrupt), so Ctrl-C and SIGTERM take
+  the same path: the stage stops at once, checkpoints stay, the server is stopped, no process
+  outlives the run.
+- **Quiet errors.** A user error inside a task is printed by the CLI as one `ulmfit: error:` line;
+  Prefect's log of the same failure (a traceback of ~100 lines) is dropped from the console
+  unless `-v` asks for it. Tracebacks of real bugs are always shown.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.errors import UlmfitError
+
+PR_SET_PDEATHSIG = 1
+START_TIMEOUT = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so the run stops through the same clean path."""
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class TemporaryServer:
+    """Prefect's ephemeral API server (uvicorn, no UI), in its own session, owned by this process."""
+
+    def __init__(self):
+        from flows.serve import free_port
+
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        fd, path = tempfile.mkstemp(prefix="ulmfit-prefect-server-", suffix=".log")
+        os.close(fd)
+        self.log_path, self.keep_log = Path(path), False  # kept only when the server failed to start
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def start(self) -> "TemporaryServer":
+        import prefect
+        from prefect.settings import get_current_settings
+
+        env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
+               "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        env.pop("PREFECT_API_URL", None)
+        cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+               "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+               "--log-level", "error", "--lifespan", "on"]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True, preexec_fn=_die_with_parent)
+        atexit.register(self.stop)
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail, self.keep_log = self.log_path.read_text(errors="replace")[-1500:], True
+                raise UlmfitError(f"the temporary Prefect server did not start (log {self.log_path}): {tail!r}")
+            time.sleep(0.2)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group, SIGKILL after 5 s."""
+        proc, self.proc = self.proc, None
+        if not self.keep_log:
+            self.log_path.unlink(missing_ok=True)
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+_SERVER: TemporaryServer | None = None
+
+
+def api_url() -> str:
+    """PREFECT_API_URL when set (environment or Prefect profile); else the URL of this process's
+    temporary server (started once)."""
+    from prefect.settings import PREFECT_API_URL
+
+    global _SERVER
+    if PREFECT_API_URL.value():
+        return PREFECT_API_URL.value()
+    if _SERVER is None or not _SERVER.alive():
+        # not the "ulmfit" logger: Prefect ships that one to the API, which has no run yet
+        logging.getLogger(__name__).info("starting a temporary Prefect server (set PREFECT_API_URL to use yours)")
+        _SERVER = TemporaryServer().start()
+    return _SERVER.api_url
+
+
+# --- one line per user error -------------------------------------------------------------------
+
+def _user_error_names() -> set[str]:
+    names, todo = set(), [UlmfitError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return names
+
+
+def _quiet_exception(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (UlmfitError, KeyboardInterrupt)):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+class QuietUserErrors(logging.Filter):
+    """Drops Prefect's records of a failure the CLI reports in one line: a user error or an interrupt."""
+
+    def __init__(self):
+        super().__init__()
+        names = "|".join(sorted(_user_error_names()))
+        self.state_line = re.compile(rf"Finished in state (Failed|Crashed)\(.*\b({names})\b"
+                                     r"|aborted by an? (interrupt|termination) signal")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and _quiet_exception(record.exc_info[1]):
+            return False
+        return not (record.name.startswith("prefect") and self.state_line.search(record.getMessage()))
+
+
+@contextlib.contextmanager
+def quiet_user_errors(verbose: bool) -> Iterator[None]:
+    """Within the block, the console shows no traceback of a user error (unless verbose)."""
+    if verbose:
+        yield
+        return
+    quiet = QuietUserErrors()
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
+# --- the whole session --------------------------------------------------------------------------
+
+def _raise_terminated(*_args) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def flow_session(verbose: bool = False) -> Iterator[None]:
+    """Around a flow run from the CLI: SIGTERM as an interrupt, quiet user errors, an API we own."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with sigterm_as_interrupt(), quiet_user_errors(verbose):
+        with temporary_settings(updates={PREFECT_API_URL: api_url()}):
+            yield
+
+
+def interrupted_message(stop: KeyboardInterrupt, run_dir: Path) -> tuple[str, int]:
+    """The line to print and the exit status (130 for Ctrl-C, 143 for SIGTERM) after an interrupt."""
+    found = [*run_dir.glob("*.partial"), *run_dir.glob("*/*.partial")] if run_dir.is_dir() else []  # run, compare
+    partial = sorted(p for p in found if p.is_dir())
+    where = f"; checkpoints of the interrupted stage: {', '.join(map(str, partial))}" if partial else ""
+    what = "terminated" if isinstance(stop, Terminated) else "interrupted"
+    return (f"ulmfit: {what}: run the same command again to resume (finished stages are cached, an unfinished "
+            f"stage continues from its last finished epoch){where}"), (143 if isinstance(stop, Terminated) else 130)

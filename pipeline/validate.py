@@ -1,0 +1,196 @@
+"""Everything a run will read or write, checked before any stage starts.
+
+A run that fails after stages 1-2 trained (a bad classify file, a typo in `tokenizer.lang`,
+`device=cuda` on a machine without a GPU) wastes the time they took, so the flow and the CLI
+call `check_run` first. Each problem raises one UlmfitError naming the file, row or setting:
+
+- data: every corpus each stage reads is loaded and validated as the stage will load it
+  (pretrain, adapt and classify, including the train / validation / test split sizes);
+- settings that only fail deep inside a library: the spaCy language, the device, and the model
+  itself (built at a tiny vocabulary and run on one small batch, so dropout multipliers that
+  make a probability exceed 1, or a chunk longer than the positions, fail here);
+- outputs: the run directory, its lock file and every stage folder the run will replace
+  (a folder or file ulmfit did not write is never replaced, see `artifacts.foreign_content`).
+
+A check that passed once in this process (same settings, same files) is not run again, so the
+CLI's check and the flow's cost one pass, and compare cells that share a stage share its check.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pipeline.artifacts import foreign_checkpoints, partial_dir, refuse_foreign
+from pipeline.config import RunConfig
+from pipeline.data import is_registered, resolve_data_dir
+from pipeline.errors import ConfigError, RunDirError, UlmfitError
+from pipeline.locking import LOCK_NAME
+from pipeline.ensemble import run_folders
+
+_PASSED: set[str] = set()
+
+
+def check_run(cfg: RunConfig, run_dir: str | Path, folders: dict | None = None) -> None:
+    """Raise one UlmfitError for the first problem found; return quietly when the run can start.
+    `folders` (stage -> folder, as compare cells share them) default to every folder the run writes
+    (`pipeline.ensemble.run_folders`: each direction's stage folders and the ensemble's)."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    outputs = run_folders(cfg, run_dir) if folders is None else [Path(f).expanduser().resolve()
+                                                                  for f in folders.values()]
+    check_outputs(run_dir, outputs)
+    settings = [cfg.device, cfg.tokenizer, cfg.model, cfg.classify, cfg.pretrain.bptt, cfg.adapt.bptt,
+                cfg.pretrain.init_from]
+    _once("settings", settings, cfg, check_settings)
+    _once("pretrain data", [cfg.pretrain, cfg.seed], cfg, _pretrain_data)
+    _once("adapt data", [cfg.adapt, cfg.seed], cfg, _adapt_data)
+    _once("classify data", [cfg.classify, cfg.seed], cfg, _classify_data)
+
+
+def _once(what: str, depends_on: list, cfg: RunConfig, check) -> None:
+    """Run `check(cfg)` unless it passed before in this process for the same settings and files."""
+    key = _memo_key(what, depends_on, cfg)
+    if key not in _PASSED:
+        check(cfg)
+        _PASSED.add(key)
+
+
+# --- outputs ---------------------------------------------------------------------------------
+
+def check_outputs(run_dir: Path, stage_folders: list[Path]) -> None:
+    """The run directory can be created and written, and nothing the run replaces is the user's."""
+    existing = next((p for p in [run_dir, *run_dir.parents] if p.exists()), None)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: exists and is a file, not a folder; choose another --out")
+    if existing is not None and not existing.is_dir():
+        raise RunDirError(f"{run_dir}: cannot be created, {existing} is a file; choose another --out")
+    if existing is not None and not _writable(existing):
+        raise RunDirError(f"{run_dir}: cannot be used as the run directory ({existing} is not writable)")
+    lock = run_dir / LOCK_NAME
+    if lock.is_symlink():
+        raise RunDirError(f"{lock}: is a symbolic link; ulmfit never writes through one: remove it")
+    if lock.exists() and not lock.is_file():
+        raise RunDirError(f"{lock}: is not a regular file; remove it or choose another --out")
+    for folder in stage_folders:
+        refuse_foreign(folder)
+        refuse_foreign(partial_dir(folder), foreign_checkpoints)
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+# --- settings that fail late -----------------------------------------------------------------
+
+def check_settings(cfg: RunConfig) -> None:
+    _check_device(cfg.device)
+    if cfg.pretrain.init_from is not None:
+        from pipeline.text import encoder_from_checkpoint
+
+        encoder_from_checkpoint(cfg.pretrain.init_from)  # the folder and its tokenizer.json are there
+    if cfg.tokenizer.kind == "spacy" and cfg.pretrain.init_from is None:
+        _check_spacy_language(cfg.tokenizer.lang)
+    _probe_models(cfg)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda, but torch sees no CUDA GPU on this machine (or this torch build has no "
+                          "CUDA support); use device=auto or device=cpu")
+
+
+def _check_spacy_language(lang: str) -> None:
+    import spacy
+
+    try:
+        spacy.util.get_lang_class(lang)
+    except ImportError:
+        raise ConfigError(f"tokenizer.lang={lang!r}: spaCy has no language {lang!r}; use a spaCy language "
+                          "code such as en, de, fr or xx (multi-language)") from None
+
+
+def _probe_models(cfg: RunConfig) -> None:
+    """Build the language model and the classifier at a tiny vocabulary and train-mode forward one
+    small batch each: settings that break only when a layer runs (a dropout multiplier that
+    makes a probability exceed 1) fail here, in a second, instead of after hours of stages 1-2."""
+    import torch
+
+    from pipeline.backbones import get_backbone
+    from pipeline.text import WORD_SPECIALS
+
+    if cfg.pretrain.init_from is not None:  # the architecture comes from the checkpoint
+        return
+    backbone = get_backbone(cfg.model.backbone)
+    vocab = 2 * WORD_SPECIALS.n_reserved + 8
+    arch = backbone.make_arch(vocab, cfg.model, WORD_SPECIALS)
+    limit = backbone.max_seq_len(arch)
+    for stage in ("pretrain", "adapt"):
+        bptt = getattr(cfg, stage).bptt
+        if limit is not None and bptt > limit:
+            raise ConfigError(f"{stage}.bptt={bptt} exceeds the {backbone.name} model's {limit} positions")
+    ids = torch.randint(WORD_SPECIALS.n_reserved, vocab, (2, 8))
+    torch_state = torch.get_rng_state()  # the probe must not shift the run's random numbers
+    try:
+        for what, build in (("language model", lambda: backbone.build_lm(arch)),
+                            ("classifier", lambda: backbone.build_classifier(arch, 2, cfg.classify, WORD_SPECIALS))):
+            try:
+                model = build().train()
+                model(ids)
+            except UlmfitError:
+                raise
+            except Exception as err:  # noqa: BLE001 - reported as the settings' problem, in one line
+                raise ConfigError(_probe_message(cfg, what, err)) from None
+    finally:
+        torch.set_rng_state(torch_state)
+
+
+def _probe_message(cfg: RunConfig, what: str, err: Exception) -> str:
+    reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    hint = ""
+    if "dropout" in reason or "bernoulli" in reason:
+        hint = (f" (every dropout is scaled by model.drop_mult={cfg.model.drop_mult} and, in the classifier, "
+                f"classify.drop_mult={cfg.classify.drop_mult}; each scaled probability must stay within 0..1)")
+    return f"the {cfg.model.backbone} {what} cannot run with these settings: {reason}{hint}"
+
+
+# --- data ------------------------------------------------------------------------------------
+
+def check_data(cfg: RunConfig) -> None:
+    """Load every corpus the stages will read, exactly as they will (same loaders, same sampling)."""
+    for check in (_pretrain_data, _adapt_data, _classify_data):
+        check(cfg)
+
+
+def _pretrain_data(cfg: RunConfig) -> None:
+    from pipeline.stages.pretrain import corpus_texts
+
+    corpus_texts(cfg)
+
+
+def _adapt_data(cfg: RunConfig) -> None:
+    from pipeline.stages.adapt import domain_texts, split_held_out
+
+    split_held_out(domain_texts(cfg.adapt, resolve_data_dir(cfg.data_dir)), cfg.adapt, cfg.seed)
+
+
+def _classify_data(cfg: RunConfig) -> None:
+    from pipeline.stages.classify_data import load_splits
+
+    cc = cfg.classify  # the stage's own seeds: its samples, and the run's seed for the test sample
+    load_splits(cc, resolve_data_dir(cfg.data_dir), cfg.seed if cc.seed is None else cc.seed, test_seed=cfg.seed)
+
+
+def _memo_key(what: str, depends_on: list, cfg: RunConfig) -> str:
+    """The settings a check depends on, the data folder, and the size and mtime of every user file."""
+    paths = [cfg.adapt.corpus, cfg.classify.corpus, cfg.classify.test_corpus, cfg.pretrain.init_from]
+    stamps = {}
+    for raw in filter(None, paths):
+        if is_registered(raw):
+            continue
+        path = Path(raw).expanduser()
+        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        stamps[raw] = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+    plain = [v.model_dump(mode="json") if hasattr(v, "model_dump") else v for v in depends_on]
+    return json.dumps([what, plain, str(resolve_data_dir(cfg.data_dir)), stamps], sort_keys=True, default=str)
