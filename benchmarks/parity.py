@@ -10,7 +10,7 @@ preset + --set overrides (the sides are in benchmarks/parity_sides.py):
   stage 2  ours: stages/adapt.py's freeze + fit, then unfreeze + fit with discriminative LRs.
            fastai: the stage-1 weights through match_embeds as load_pretrained does; freeze();
            fit_one_cycle(frozen_epochs, frozen_lr); unfreeze(); fit_one_cycle(epochs, slice(lr/decay**k, lr)).
-  stage 3  ours: stages/classify.py's gradual_unfreezing, then the test sample.
+  stage 3  ours: stages/classify.py's build_model, gradual_unfreezing (with its RecomputeBNStats), the test sample.
            fastai: text_classifier_learner(dls, AWD_LSTM, config, seq_len=bptt, max_len, drop_mult,
            pretrained=False) + the adapted encoder + the text tutorial's gradual unfreezing with our phases
            and LRs: fit_one_cycle(1, lr); freeze_to(-2); fit_one_cycle(1, slice(lr/2.6**k, lr)); ...; unfreeze(); ...
@@ -20,13 +20,15 @@ preset + --set overrides (the sides are in benchmarks/parity_sides.py):
 Shared by both sides, so not under comparison: data selection and tokenization (pretrain.corpus_texts,
 adapt.split_held_out, load_splits, our encoders), and the batchers: fastai's LMDataLoader (lm.lm_loader,
 which only shrinks bs for a tiny held-out set) and SortedDL + pad_input_chunk (classify.loader), the
-classes fastai's TextDataLoaders builds. Both sides of stages 2 and 3 start from OUR previous stage's
-weights, so each stage is compared on its own; "same init" in the table checks the starting weights
-are identical (for stage 2 that also checks our embedding transfer against fastai's match_embeds).
+classes fastai's TextDataLoaders builds; the documents read in model.direction (forward or backward;
+"both" is refused: compare one direction at a time). Both sides of stages 2 and 3 start from OUR
+previous stage's weights, so each stage is compared on its own; "same init" in the table checks the
+starting weights are identical (for stage 2 that also checks our embedding transfer against fastai's
+match_embeds).
 
 Where ours differs from plain fastai on purpose:
-- EpochLog (log lines, history) only observes. Checkpointing is off here (it is active only inside the
-  flow's resumable stage tasks) and only saves state.
+- EpochLog (log lines, history) only observes; FiniteLoss only stops a diverged run. Checkpointing is
+  off here (it is active only inside the flow's resumable stage tasks) and only saves state.
 - EpochSeed reseeds Python's `random` from torch's generator at each epoch, so a resumed run shuffles
   as an uninterrupted one. It changes the document order and shifts torch's stream (dropout masks),
   so by default the sides differ by run-to-run noise. --align-rng gives the reference the same
@@ -38,6 +40,9 @@ Where ours differs from plain fastai on purpose:
 - Classifier phase 1: ours passes discriminative LRs with only the top group unfrozen, the tutorial
   one LR: the same update. fastai's tutorial fine-tunes the unfrozen LM with one LR (2e-3); the
   reference here uses slice(lr/decay**k, lr) as our stage does, so recipes match setting for setting.
+- Before each evaluation our classifier re-estimates its head's BatchNorm statistics over the training
+  examples (classify.recompute_bn_stats, on by default; pipeline/bn_stats.py); fastai uses the running
+  averages from training. --set classify.recompute_bn_stats=false gives ours fastai's behaviour.
 - The reference loads the encoder with load_encoder's own body (clean_raw_keys, load_state_dict,
   freeze) but not its file round trip: it unpickles with weights_only=False, which this project never does.
 - The plain gpt loop mirrors what fastai's Learner computes: AdamW with eps 1e-5 and beta2 0.99,
@@ -47,17 +52,18 @@ Where ours differs from plain fastai on purpose:
   (beta 0.98, debiased); valid loss/accuracy weighted by rows per batch as fastai's AvgLoss does.
   Left over: float rounding (AdamW orders its arithmetic differently; fastai's combine_scheds computes
   the schedule position in float32, ~2e-6 relative in the LR).
-- Our Learner feeds fastai's LMTensorText batches into the model, so inside the transformer every
-  torch op dispatches through fastai's TensorBase.__torch_function__ (Python per op); the plain loop
-  passes plain tensors. That is Python time per op, most visible on small models (the fastai
-  reference does the same as ours).
+- Our Learner's batches are fastai's LMTensorText; our HF models take a plain tensor view of them
+  (hf_backbones.plain), as the plain loop does, so no torch op inside the transformer dispatches
+  through fastai's TensorBase.__torch_function__ on either side.
 
 Tolerances (the "within tolerance" column): every epoch's validation loss within 2 % relative (LM pairs);
 classifier test accuracy within max(2 points, 2 standard errors of an accuracy on that test sample);
 our training tokens/s at least 95 % of the reference's (timing noise on a shared machine). Tokens/s =
 training tokens over the seconds spent in the fit calls, each epoch's validation included as in our
-metrics.json (classifier: review tokens, padding excluded). All runs are fp32 (our learners at
-make_learner's default precision); the device is the config's (`--set device=cpu` forces the CPU).
+metrics.json (classifier: review tokens, padding excluded). All runs are fp32: our learners get
+precision="fp32" explicitly, whatever the config's precision (auto would pick bf16 on a CPU with native
+bf16), and `--set precision=bf16` is refused (benchmarks/precision.py measures bf16). The classifier pair
+uses classify.seed when set, as the stage does. The device is the config's (`--set device=cpu` forces the CPU).
 The first side run in the process also pays one-off start-up costs (about a second): negligible at the
 cpu preset's minutes per fit, dominant at smoke scale, where tokens/s say nothing.
 
@@ -79,8 +85,9 @@ from pathlib import Path
 
 from benchmarks.parity_sides import Phase, Side, fastai_classifier, fastai_lm, ours_classifier, ours_lm, plain_gpt
 from pipeline.backbones import get_backbone, with_vocab
-from pipeline.config import STAGES, RunConfig, load_config
+from pipeline.config import RunConfig, load_config
 from pipeline.data import resolve_data_dir
+from pipeline.direction import single_direction
 from pipeline.errors import ConfigError, UlmfitError
 from pipeline.lm import lm_data
 from pipeline.stages import adapt, classify, pretrain
@@ -93,6 +100,7 @@ LM_LOSS_REL_TOL = 0.02
 ACC_MIN_TOL = 0.02
 SPEED_MIN_RATIO = 0.95
 FASTAI_PAD = 1  # get_text_classifier's pad_idx (text_classifier_learner does not pass one)
+PARITY_STAGES = ("pretrain", "adapt", "classify")  # the stage modules the sides mirror
 
 
 def stage1_data(cfg: RunConfig):
@@ -102,7 +110,7 @@ def stage1_data(cfg: RunConfig):
     train_texts, valid_texts = pretrain.corpus_texts(cfg)
     encoder = fit_encoder(cfg.tokenizer, train_texts, pc.min_freq, pc.max_vocab, cfg.cache_dir, f"{pc.corpus}/train")
     arch = backbone.make_arch(len(encoder.itos), cfg.model, encoder.specials)
-    data = lm_data(encoder, train_texts, valid_texts, pc.corpus)
+    data = lm_data(encoder, train_texts, valid_texts, pc.corpus, single_direction(cfg.model.direction))
     return backbone, encoder, arch, data, [Phase("pretrain", pc.epochs, pc.lr)]
 
 
@@ -115,20 +123,26 @@ def stage2_data(cfg: RunConfig, backbone, encoder, arch: dict, state1: dict):
         encoder2 = fit_encoder(cfg.tokenizer, train_texts, ac.min_freq, ac.max_vocab, cfg.cache_dir,
                                f"{ac.corpus}/lm-train")
     state, _ = transfer_embeddings(state1, encoder.itos, encoder2.itos, backbone.vocab_keys)
-    data = lm_data(encoder2, train_texts, valid_texts, f"{ac.corpus}/lm")
+    direction = single_direction(cfg.model.direction)
+    data = lm_data(encoder2, train_texts, valid_texts, f"{ac.corpus}/lm", direction)
     phases = [Phase("adapt-frozen", ac.frozen_epochs, ac.frozen_lr, "freeze"), Phase("adapt", ac.epochs, ac.lr, "unfreeze")]
     return encoder2, with_vocab(arch, len(encoder2.itos)), data, state, phases
 
 
+def classify_seed(cfg: RunConfig) -> int:
+    """The classifier's seed (sample, initialisation, batch order), as stages/classify.py picks it."""
+    return cfg.seed if cfg.classify.seed is None else cfg.classify.seed
+
+
 def stage3_data(cfg: RunConfig, encoder) -> tuple[dict, list[str]]:
     """({train, valid, test: [(ids, class)]}, classes) as stages/classify.py samples and encodes them."""
-    cc = cfg.classify
+    cc, direction = cfg.classify, single_direction(cfg.model.direction)
     if encoder.specials.pad != FASTAI_PAD:
         raise ConfigError(f"the tokenizer's pad id is {encoder.specials.pad}; fastai's text_classifier_learner "
                           f"pads with {FASTAI_PAD}")
-    splits = load_splits(cc, resolve_data_dir(cfg.data_dir), cfg.seed)
-    items = {s: classify.encode(getattr(splits, s), encoder, splits.classes, cc, f"{cc.corpus}/{s}-sample")
-             for s in ("train", "valid", "test")}
+    splits = load_splits(cc, resolve_data_dir(cfg.data_dir), classify_seed(cfg), test_seed=cfg.seed)
+    items = {s: classify.encode(getattr(splits, s), encoder, splits.classes, cc, f"{cc.corpus}/{s}-sample",
+                                direction) for s in ("train", "valid", "test")}
     return items, splits.classes
 
 
@@ -153,9 +167,9 @@ def awd_lstm_pairs(cfg: RunConfig, n_stages: int, device, align_rng: bool) -> li
         return pairs
 
     items, classes = stage3_data(cfg, encoder2)
-    adapted, cc = ours.state, cfg.classify
-    ours = ours_classifier(backbone, arch2, adapted, items, classes, cc, seed, device, specials)
-    ref = fastai_classifier(arch2, encoder2.itos, adapted, items, classes, cc, seed, device, specials.pad, align_rng)
+    adapted, cc, seed3 = ours.state, cfg.classify, classify_seed(cfg)
+    ours = ours_classifier(backbone, arch2, adapted, items, classes, cc, seed3, device, specials)
+    ref = fastai_classifier(arch2, encoder2.itos, adapted, items, classes, cc, seed3, device, specials.pad, align_rng)
     pairs.append(pair("awd_lstm stage 3 (classify)", "classifier", ours, ref))
     return pairs
 
@@ -230,9 +244,13 @@ def run(preset: str, overrides: list[str], pair_names: list[str], awd_stages: in
     pairs = []
     for name in pair_names:
         cfg = load_config(preset, [*overrides, f"model.backbone={name}"])
-        bad = [s for s in STAGES if getattr(cfg, s).schedule != "one_cycle"]
+        bad = [s for s in PARITY_STAGES if getattr(cfg, s).schedule != "one_cycle"]
         if bad:
             raise ConfigError(f"parity compares fit_one_cycle: set {', '.join(s + '.schedule=one_cycle' for s in bad)}")
+        if cfg.precision == "bf16":
+            raise ConfigError("parity compares the fp32 recipes (both sides run fp32); bf16 is measured by "
+                              "benchmarks/precision.py")
+        single_direction(cfg.model.direction)  # one direction per comparison, before any work
         device = pick_device(cfg.device)
         if name == "awd_lstm":
             pairs += awd_lstm_pairs(cfg, awd_stages, device, align_rng)

@@ -1,7 +1,7 @@
 """The two sides of each parity pair (see benchmarks/parity.py for what is compared and why).
 
 ours:      the pipeline's own pieces, as the stages run them (lm_learner / make_learner, training.fit,
-           final_scores, classify.gradual_unfreezing and classify.evaluate).
+           final_scores, classify.build_model, classify.gradual_unfreezing and classify.evaluate), in fp32.
 reference: fastai's public API (language_model_learner, text_classifier_learner, match_embeds,
            fit_one_cycle, freeze_to) or, for gpt, a plain PyTorch + transformers loop.
 
@@ -25,6 +25,8 @@ from fastai.text.all import (AWD_LSTM, awd_lstm_clas_config, awd_lstm_lm_config,
 from torch import nn
 
 from pipeline import hf_backbones as hf
+from pipeline.artifacts import ModelFile
+from pipeline.bn_stats import RecomputeBNStats
 from pipeline.lm import LMData, evaluate, final_scores, lm_learner, lm_loader
 from pipeline.stages import classify
 from pipeline.training import EpochLog, EpochSeed, discriminative, fit, make_learner, seed_everything
@@ -33,6 +35,7 @@ MOMS = (0.8, 0.7, 0.8)  # ULMFiT's beta1 cycle: our make_learner's and fastai's 
 SQR_MOM, ADAM_EPS = 0.99, 1e-5  # Adam beta2 (ULMFiT) and fastai Adam's eps
 PCT_START, DIV, DIV_FINAL = 0.25, 25.0, 1e5  # fastai fit_one_cycle defaults
 SMOOTH_BETA = 0.98  # fastai's smoothed training loss (Recorder's AvgSmoothLoss)
+PRECISION = "fp32"  # both sides: parity is about the recipe (bf16 autocast is a separate setting)
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,8 @@ def ours_lm(backbone, arch: dict, data: LMData, lmc, seed: int, device, specials
     if init_state is not None:
         model.load_state_dict(init_state)
     init = weights(model)
-    learn = lm_learner(backbone, model, arch, data, lmc.bs, lmc.bptt, lmc.wd, device, specials, seed)
+    learn = lm_learner(backbone, model, arch, data, lmc.bs, lmc.bptt, lmc.wd, device, specials, seed,
+                       precision=PRECISION)
     before = evaluate(learn) if eval_before else {}
     recorder, start = EpochLog("parity"), time.perf_counter()
     for phase in phases:
@@ -109,7 +113,7 @@ def ours_lm(backbone, arch: dict, data: LMData, lmc, seed: int, device, specials
         fit(learn, phase.epochs, lr, lmc.schedule, phase.name, recorder)
     secs = time.perf_counter() - start
     rows = [epoch_row(r["phase"], r) for r in recorder.rows]
-    final = final_scores(learn) | {f"{k}_before": v for k, v in before.items()}
+    final = final_scores(learn, recorder) | {f"{k}_before": v for k, v in before.items()}
     return Side("ours", rows, final, secs, data.n_train_tokens * _total_epochs(phases), init, weights(learn.model))
 
 
@@ -248,13 +252,18 @@ def _clas_tokens(items: dict, cc) -> int:
 
 def ours_classifier(backbone, arch: dict, lm_state: dict, items: dict, classes: list[str], cc, seed: int,
                     device, specials) -> Side:
-    """What stages/classify.py does: the adapted encoder, gradual unfreezing, the test sample."""
+    """What stages/classify.py does: the adapted encoder (build_model, which checks that every encoder
+    weight comes from the LM), gradual unfreezing, the test sample. Its same-sample baselines are left
+    out: they score the encoder before fine-tuning and change nothing in training."""
     seed_everything(seed)
-    model = backbone.build_classifier(arch, len(classes), cc, specials)
-    model.load_state_dict(backbone.lm_to_classifier(lm_state), strict=False)
+    # build_model reads only these fields of the adapted model file
+    adapted = ModelFile(kind="lm", stage="adapt", backbone=backbone.name, arch=arch, config={}, state_dict=lm_state,
+                        vocab=[], tokenizer={})
+    _, model = classify.build_model(adapted, len(classes), cc, specials)
     init = weights(model)
+    callbacks = backbone.classifier_callbacks() + ([RecomputeBNStats()] if cc.recompute_bn_stats else [])
     learn = make_learner(_clas_dls(items, cc, device, specials.pad), model, backbone.classifier_splitter,
-                         backbone.classifier_callbacks(), [accuracy], cc.wd, device)
+                         callbacks, [accuracy], cc.wd, device, precision=PRECISION)
     learn.create_opt()
     recorder, start = EpochLog("parity"), time.perf_counter()
     classify.gradual_unfreezing(learn, cc, recorder)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from fastai.callback.schedule import combined_cos
 
-from benchmarks.parity import pair, stage1_data
+from benchmarks.parity import main, pair, stage1_data
 from benchmarks.parity_sides import MOMS, Side, fastai_lm, one_cycle, ours_lm, plain_gpt
 from pipeline.config import load_config
 
@@ -80,3 +80,12 @@ def test_pair_checks_apply_the_stated_tolerances():
     clas = pair("c", "classifier", _side([0.5], test_accuracy=0.80, n=2000), _side([0.5], test_accuracy=0.83, n=2000))
     assert clas["checks"]["accuracy_tolerance"] == pytest.approx(max(0.02, 2 * math.sqrt(0.83 * 0.17 / 2000)))
     assert not clas["checks"]["quality_ok"]
+
+
+@pytest.mark.parametrize("args", [["--set", "precision=bf16"], ["--set", "model.direction=both"],
+                                  ["--set", "pretrain.schedule=stlr"], ["--pairs", "bert"]])
+def test_settings_it_cannot_compare_are_refused_before_any_work(args, capsys):
+    # both sides run fp32, one direction, fit_one_cycle: anything else would compare something else
+    assert main(["--preset", "smoke", "--pairs", "gpt", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ulmfit: error: ")
