@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -222,8 +223,15 @@ def test_disk_full_while_writing(where, run_dir, monkeypatch, capsys):
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    to_csv = pd.DataFrame.to_csv
+
+    def full_file(frame, path_or_buf=None, *args, **kwargs):  # a file fills the disk; an in-memory table does not
+        if isinstance(path_or_buf, (str, os.PathLike)):
+            full()
+        return to_csv(frame, path_or_buf, *args, **kwargs)
+
     if where == "stage-folder":
-        monkeypatch.setattr(pd.DataFrame, "to_csv", full)  # history.csv, in the middle of write_stage
+        monkeypatch.setattr(pd.DataFrame, "to_csv", full_file)  # history.csv, in the middle of write_stage
     else:
         monkeypatch.setattr(artifacts.torch, "save", full)  # every torch.save: checkpoints and model.pt
     line = one_error(capsys, ["run", "--preset", "smoke", "--out", str(run_dir), "--set", "classify.lrs=[0.03,0.01]"])
