@@ -13,6 +13,7 @@ import pytest
 from flows.cli import main
 from pipeline import artifacts
 from pipeline.data import MAX_DOC_CHARS
+from tests.cli_errors import one_error
 
 GOOD_ROWS = "".join(f"review number {i} is {'good' if i % 2 else 'bad'},{'pos' if i % 2 else 'neg'}\n" for i in range(40))
 
@@ -29,15 +30,6 @@ def snapshot(run_dir):
     """Names of everything under the run directory, and the content of every manifest."""
     names = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
     return names, {p.parent.name: p.read_bytes() for p in run_dir.glob("*/manifest.json")}
-
-
-def one_error(capsys, argv) -> str:
-    """Exit status 2, exactly one `ulmfit: error:` line, and no traceback (Prefect's included)."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("ulmfit: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
-    return lines[0]
 
 
 def labeled_csv(tmp_path, name, n_rows, header="text,label", extra="") -> str:

@@ -19,14 +19,7 @@ from pipeline.artifacts import ModelFile, atomic_dir, foreign_content, write_sta
 from pipeline.checkpoint import Checkpointer
 from pipeline.compare_report import write_report
 from pipeline.errors import ArtifactError
-
-
-def one_error(capsys, argv) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("ulmfit: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
-    return lines[0]
+from tests.cli_errors import one_error
 
 
 def files_under(folder):

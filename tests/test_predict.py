@@ -21,6 +21,7 @@ from pipeline.artifacts import read_metrics
 from pipeline.config import load_config
 from pipeline.data import MAX_DOC_CHARS, load_corpus
 from pipeline.predict import Classifier, predict, predict_stream
+from tests.cli_errors import one_error
 
 
 @pytest.fixture(scope="module")
@@ -139,14 +140,6 @@ def test_file_of_texts(run_dir, tmp_path, capsys, kind):
     extra = [] if kind == "txt" else ["--text-col", "review"]
     assert main(["predict", "--run", str(run_dir), "--file", str(path), *extra]) == 0
     assert [r["text"] for r in _rows(capsys)] == texts
-
-
-def one_error(capsys, argv) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("ulmfit: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
-    return lines[0]
 
 
 def test_blank_line_in_a_file_is_named(run_dir, tmp_path, capsys):
