@@ -84,15 +84,6 @@ def test_a_users_checkpoint_named_folder_is_never_touched(tmp_path):
     assert (tmp_path / "classify.partial" / "draft.txt").read_text() == "mine"
 
 
-def test_checkpoints_of_other_inputs_are_discarded_but_nothing_else(tmp_path):
-    folder = tmp_path / "adapt.partial"
-    folder.mkdir()
-    (folder / "key.txt").write_text("old key")
-    (folder / "adapt.pt").write_bytes(b"x")
-    Checkpointer(folder, "new key")
-    assert not folder.exists()
-
-
 def test_compare_report_replaces_its_own_folder_only(tmp_path):
     numbers = ("test_accuracy", "probe_test_accuracy", "tfidf_test_accuracy", "params", "lm_tokens", "lm_pflops",
                "pretrain_perplexity", "adapt_perplexity", "lm_seconds", "classify_seconds")
