@@ -22,6 +22,7 @@ from fastai.callback.progress import ProgressCallback
 
 from pipeline.accel import prepare
 from pipeline.guards import FiniteLoss
+from pipeline.memory import TRIM_EVERY, trim_heap
 
 log = logging.getLogger("ulmfit")
 HEARTBEAT_SECS = 30.0
@@ -100,11 +101,27 @@ def _clock(secs: float) -> str:
     return f"{secs // 60}:{secs % 60:02d}"
 
 
+class TrimHeap(Callback):
+    """`memory.trim_heap` every `every` training batches and after each validation pass: without it
+    the resident set grows by megabytes per batch on CPU (pipeline/memory.py)."""
+    order = 100  # after every callback that could still allocate in the batch
+
+    def __init__(self, every: int = TRIM_EVERY):
+        self.every = every
+
+    def after_batch(self):
+        if self.training and (self.iter + 1) % self.every == 0:
+            trim_heap()
+
+    def after_validate(self):
+        trim_heap()
+
+
 def make_learner(dls, model, splitter, callbacks, metrics, wd: float, device: torch.device,
                  compile_model: bool = False, precision: str = "fp32") -> Learner:
     # Adam with beta2 = 0.99 as in ULMFiT; beta1 follows the one-cycle momentum schedule.
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), opt_func=partial(Adam, sqr_mom=0.99),
-                    splitter=splitter, cbs=callbacks, metrics=metrics, wd=wd, moms=(0.8, 0.7, 0.8))
+                    splitter=splitter, cbs=[*callbacks, TrimHeap()], metrics=metrics, wd=wd, moms=(0.8, 0.7, 0.8))
     learn.remove_cb(ProgressCallback)
     learn.logger = lambda *_: None  # EpochLog writes the lines
     return prepare(learn, device, compile_model, precision)  # precision, torch.compile, DDP

@@ -26,6 +26,7 @@ from typing import Callable
 
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
+from pipeline.memory import release_memory
 from pipeline.stages.context import StageContext, StageResult
 
 log = logging.getLogger("ulmfit")
@@ -99,6 +100,8 @@ def run_stage(ctx: StageContext) -> StageResult:
         if ctx.checkpointer is not None and ctx.checkpointer.folder.exists():
             log.info("checkpoints kept in %s: rerun the same command to resume", ctx.checkpointer.folder)
         raise
+    finally:
+        release_memory()  # the flow runs every stage in one process: start the next from what is in use
     if ctx.checkpointer is not None:
         ctx.checkpointer.clear()
     return result
