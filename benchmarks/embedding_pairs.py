@@ -1,0 +1,48 @@
+"""Cosine similarity of sentiment word pairs in language models' input embeddings.
+
+Why: at the `cpu` preset's scale a classifier on a random encoder beats the transferred one
+(BENCHMARKS.md, the tuning log). An LM learns which words occur in the same contexts, and antonyms
+do, so its embeddings may put *good* and *bad* close together before the classifier starts. This
+prints, for each stage folder given (an `adapt/` or `pretrain/` folder with a `model.pt`), the cosine
+of each pair's rows of the input embedding, next to the mean over 2,000 random word pairs.
+
+usage: python -m benchmarks.embedding_pairs runs/cpu/adapt runs/tune/R-gu4-dec1.5/adapt
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from pipeline.artifacts import load_model_file
+
+PAIRS = [("good", "bad"), ("great", "terrible"), ("best", "worst"), ("excellent", "awful"), ("love", "hate"),
+         ("good", "great"), ("bad", "awful")]
+
+
+def pair_cosines(folder: str) -> tuple[float, dict[str, float]]:
+    mf = load_model_file(folder)
+    stoi = {w: i for i, w in enumerate(mf.vocab)}
+    emb = next(v for k, v in mf.state_dict.items() if k.endswith("encoder.weight") or k.endswith("word_embeddings.weight")
+               or k.endswith("wte.weight"))
+    unit = torch.nn.functional.normalize(emb.float(), dim=1)
+    idx = torch.randint(10, len(mf.vocab), (2, 2000), generator=torch.Generator().manual_seed(0))
+    random_pairs = float((unit[idx[0]] * unit[idx[1]]).sum(1).mean())
+    return random_pairs, {f"{a}/{b}": float(unit[stoi[a]] @ unit[stoi[b]]) for a, b in PAIRS
+                          if a in stoi and b in stoi}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+")
+    args = parser.parse_args()
+    rows = [(f, *pair_cosines(f)) for f in args.folders]
+    names = list(rows[0][2])
+    print("| model | random pairs | " + " | ".join(names) + " |")
+    print("| --- " * (len(names) + 2) + "|")
+    for folder, random_pairs, cos in rows:
+        print(f"| `{folder}` | {random_pairs:.2f} | " + " | ".join(f"{cos.get(n, float('nan')):.2f}" for n in names) + " |")
+
+
+if __name__ == "__main__":
+    main()
