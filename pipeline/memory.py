@@ -6,7 +6,8 @@ back in shapes that do not fit the holes the previous step left. So the resident
 after batch although the live tensors stay the same: 3 MB per batch at one thread on the `cpu`
 preset's AWD-LSTM (294 MB of live tensors throughout), and 6.5 GB peak for the default run, nearly
 all of it free heap (BENCHMARKS.md, "Memory"). `malloc_trim(0)` returns those pages; calling it
-every few batches (`training.TrimHeap`) keeps the resident set flat, at a cost too small to measure.
+every few batches (`training.TrimHeap`) keeps the resident set flat (its cost on its own has not
+been measured; the default run's tokens/s did not drop).
 
 On platforms without glibc's `malloc_trim` (macOS, musl) every function here is a no-op.
 """

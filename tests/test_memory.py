@@ -2,6 +2,9 @@
 from types import SimpleNamespace
 
 import pytest
+import torch
+from fastai.data.core import DataLoaders
+from fastai.data.load import DataLoader
 
 import pipeline.memory as memory
 import pipeline.training as training
@@ -28,10 +31,7 @@ def test_trim_every_n_training_batches_and_after_validation(monkeypatch):
     assert len(calls) == 3
 
 
-def test_every_learner_trims(monkeypatch):
-    from fastai.data.core import DataLoaders
-    import torch
-    from fastai.data.load import DataLoader
+def test_every_learner_trims():
     dl = DataLoader([(torch.zeros(2), torch.tensor(0))] * 4, bs=2)
     learn = training.make_learner(DataLoaders(dl, dl), torch.nn.Linear(2, 2), lambda m: [list(m.parameters())],
                                   [], [], 0.0, torch.device("cpu"))
