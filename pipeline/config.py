@@ -22,6 +22,8 @@ PRESET_DIR = Path(__file__).parent / "presets"
 # Above this a learning rate only diverges (Adam moves each weight by about lr per step); far above it
 # torch cannot even hold it (1e308 overflows float32).
 MAX_LR = 10.0
+# pretrain.valid_split: the valid split where the data has one, else held-out training articles
+VALID_AUTO = "auto"
 
 
 class _Frozen(BaseModel):
@@ -109,7 +111,7 @@ class _LMStage(_Frozen):
 
 class PretrainConfig(_LMStage):
     corpus: str = Field("wikitext-103", description="Registry name of the Wikipedia corpus.")
-    valid_split: str | None = Field("valid", description="Split for validation perplexity; None = hold out max_valid_docs training articles (fast.ai's WikiText archives have no valid split).")
+    valid_split: str | None = Field(VALID_AUTO, description="Split for validation perplexity. \"auto\": the corpus's \"valid\" split where the data folder has it, else max_valid_docs held-out training articles (fast.ai's WikiText archives have no valid split); a split name: that split, an error if missing; None: always hold out training articles. metrics.json's valid_source says which was used.")
     epochs: int = Field(10, ge=0, description="Training epochs; 0 keeps the random initialisation (the 'no pretraining' ablation).")
     lr: float = Field(5e-3, gt=0, le=MAX_LR, description="Peak learning rate.")
     init_from: str | None = Field(None, description="Local directory of a Hugging Face checkpoint (config.json, weights, tokenizer.json) that seeds stage 1 for a transformer backbone; its tokenizer replaces tokenizer.kind. With epochs=0, stage 1 is skipped (only evaluated). Never downloaded.")

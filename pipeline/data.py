@@ -52,6 +52,20 @@ def dataset_labels(source: str) -> list[str] | None:
     return list(entry["labels"]) if entry and entry.get("labels") else None
 
 
+def split_available(source: str, split: str, data_dir: Path | str | None = None) -> bool:
+    """True if a registry dataset's split is in the data folder, or comes with its canonical archive.
+
+    False for a split the dataset's archive lacks (fast.ai's WikiText archives have no valid split)
+    and for a user's own path (a path has no splits)."""
+    entry = _registry().get(source)
+    if entry is None or split not in entry["splits"]:
+        return False
+    root = resolve_data_dir(None if data_dir is None else str(data_dir))
+    if any(path.exists() for path, _ in _candidates(source, split, root, entry)):
+        return True
+    return split in entry.get("archive_splits", entry["splits"])
+
+
 def load_corpus(source: str, split: str | None = None, *, data_dir: Path | str | None = None,
                 text_col: str = "text", label_col: str | None = None,
                 allowed_labels: list[str] | None = None, download: bool = True) -> pd.DataFrame:

@@ -179,6 +179,14 @@ def test_pretrain_can_hold_out_training_articles(tmp_path, data_dir):
     assert len(valid) == 1 and len(train) == cfg.pretrain.max_docs and valid[0] not in train
 
 
+def test_pretrain_auto_takes_the_valid_split_where_the_data_has_one(results, data_dir):
+    from pipeline.stages.pretrain import valid_split
+
+    cfg = load_config("smoke")
+    assert cfg.pretrain.valid_split == "auto" and valid_split(cfg) == "valid"  # ../shared/data has valid.parquet
+    assert results["pretrain"].metrics["valid_source"] == f"{cfg.pretrain.max_valid_docs} wikitext-2/valid articles"
+
+
 def test_pretrain_missing_valid_split_suggests_hold_out(tmp_path, data_dir):
     cfg = load_config("smoke", ["pretrain.valid_split=nosuch"])
     with pytest.raises(DataError, match="valid_split=null"):

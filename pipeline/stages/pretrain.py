@@ -6,8 +6,8 @@ import time
 
 from pipeline.accel import resolve_precision, wants_compile
 from pipeline.backbones import Backbone, get_backbone
-from pipeline.config import RunConfig
-from pipeline.data import load_corpus, resolve_data_dir
+from pipeline.config import VALID_AUTO, RunConfig
+from pipeline.data import load_corpus, resolve_data_dir, split_available
 from pipeline.direction import single_direction
 from pipeline.errors import ConfigError, DataError
 from pipeline.lm import SAMPLE_PROMPTS, final_scores, generate, lm_data, lm_learner
@@ -17,20 +17,47 @@ from pipeline.text import encoder_from_checkpoint, fit_encoder
 from pipeline.training import EpochLog, count_params, fit, pick_device, seed_everything
 
 log = logging.getLogger("ulmfit")
+# Held-out training articles and the valid split are different articles, and our vocabulary and
+# tokenization differ from the published setups, so these perplexities compare only within one source.
+PERPLEXITY_CAVEAT = ("a perplexity on held-out training articles and one on the valid split are not comparable "
+                     "with each other, nor with published WikiText figures (other vocabulary and tokenization).")
+
+
+def valid_split(cfg: RunConfig) -> str | None:
+    """The split that validates stage 1, or None to hold out training articles.
+
+    "auto" (the default) takes the corpus's "valid" split where the data folder has it, and holds
+    out training articles where it does not: fast.ai's canonical WikiText archives hold only train
+    and test, so a user who downloads them has no valid split. A named split must exist."""
+    pc = cfg.pretrain
+    if pc.valid_split != VALID_AUTO:
+        return pc.valid_split
+    return "valid" if split_available(pc.corpus, "valid", resolve_data_dir(cfg.data_dir)) else None
+
+
+def valid_source(cfg: RunConfig, n_valid: int) -> str:
+    """Where the validation perplexity comes from, for metrics.json and the card."""
+    split = valid_split(cfg)
+    if split is None:
+        return f"{n_valid} held-out {cfg.pretrain.corpus}/train articles"
+    return f"{n_valid} {cfg.pretrain.corpus}/{split} articles"
 
 
 def corpus_texts(cfg: RunConfig) -> tuple[list[str], list[str]]:
     """(training articles, validation articles): the valid split, or held-out training articles."""
     pc, data_dir = cfg.pretrain, resolve_data_dir(cfg.data_dir)
-    train = load_corpus(pc.corpus, "train", data_dir=data_dir)["text"].tolist()
-    if pc.valid_split is None:
+    train = load_corpus(pc.corpus, "train", data_dir=data_dir)["text"].tolist()  # downloads if missing
+    split = valid_split(cfg)
+    if split is None:
         held = sample_rows(len(train), pc.max_valid_docs or max(1, len(train) // 100), cfg.seed + 1)
-        valid, rest = [train[i] for i in held], [t for i, t in enumerate(train) if i not in set(held)]
+        held_set = set(held.tolist())
+        valid, rest = [train[i] for i in held], [t for i, t in enumerate(train) if i not in held_set]
         return [rest[i] for i in sample_rows(len(rest), pc.max_docs, cfg.seed)], valid
     try:
-        valid = load_corpus(pc.corpus, pc.valid_split, data_dir=data_dir)["text"].tolist()
+        valid = load_corpus(pc.corpus, split, data_dir=data_dir)["text"].tolist()
     except DataError as err:
-        raise DataError(f"{err}. To hold out training articles instead, set pretrain.valid_split=null") from None
+        raise DataError(f"{err}. To hold out training articles instead, set pretrain.valid_split=null "
+                        f"(or \"{VALID_AUTO}\": the valid split where there is one)") from None
     return ([train[i] for i in sample_rows(len(train), pc.max_docs, cfg.seed)],
             [valid[i] for i in sample_rows(len(valid), pc.max_valid_docs, cfg.seed)])
 
@@ -74,6 +101,7 @@ def run(ctx: StageContext) -> StageResult:
                "valid_loss": scores["loss"], "corpus": pc.corpus, "epochs": pc.epochs,
                "train_tokens": data.n_train_tokens, "valid_tokens": data.n_valid_tokens,
                "train_docs": len(data.train), "vocab_size": len(encoder.itos), "params": count_params(model),
+               "valid_source": valid_source(cfg, len(valid_texts)),
                "backbone": backbone.name, "direction": direction, "objective": backbone.objective,
                "tokenizer": encoder.state()["kind"],
                "init_from": pc.init_from,
@@ -85,6 +113,7 @@ def run(ctx: StageContext) -> StageResult:
     result = write_lm_stage(
         ctx, learn, backbone, encoder, arch, metrics, recorder, samples, "Stage 1: pretrained language model",
         f"{backbone.name} ({backbone.objective} LM) trained on {pc.corpus} ({len(data.train)} documents), "
-        f"{'starting from ' + pc.init_from if pc.init_from else 'from scratch'}.", "Stage 1: pretraining")
+        f"{'starting from ' + pc.init_from if pc.init_from else 'from scratch'}. Validation perplexity on "
+        f"{metrics['valid_source']}: {PERPLEXITY_CAVEAT}", "Stage 1: pretraining")
     log.info("pretrain: valid perplexity %.1f, accuracy %.3f", scores["perplexity"], scores["accuracy"])
     return result
