@@ -19,7 +19,7 @@ import time
 import torch
 
 from benchmarks.throughput import WARMUP, BatchClock
-from pipeline.accel import cpu_has_bf16
+from pipeline.accel import cpu_has_bf16, cpu_model
 from pipeline.backbones import get_backbone
 from pipeline.config import load_config
 from pipeline.lm import LMData, lm_learner
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, native CPU bf16: {cpu_has_bf16()}")
+    print(f"{cpu_model()}; torch {torch.__version__}, threads {torch.get_num_threads()}, native CPU bf16: {cpu_has_bf16()}")
     summary = []
     for name in args.backbones.split(","):
         cfg = load_config(args.preset, [f"model.backbone={name}", *args.overrides])

@@ -7,9 +7,13 @@ Precision (`RunConfig.precision`):
            float16 with dynamic loss scaling instead.
     auto   GPU: bf16 where supported, else fp16. CPU: the backbone's `cpu_bf16` registry flag
            (set from the side-by-side measurement in BENCHMARKS.md: bf16 only where it was faster
-           at <= 1 % validation-loss difference) and only on CPUs with native bf16 (AVX512-BF16/AMX).
+           at <= 1 % validation-loss difference) and only on CPUs whose own flags list native bf16
+           (avx512_bf16 / amx_bf16). Emulated bf16 (AVX-512 without them) is 0.42x fp32: never chosen.
 """
 from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 from fastai.callback.core import Callback
@@ -18,8 +22,54 @@ from fastai.torch_core import to_float
 from pipeline import distributed
 
 
+# The x86 flags of native bf16 dot products (AVX512-BF16's vdpbf16ps, AMX tiles). oneDNN's own
+# check (`torch.ops.mkldnn._is_mkldnn_bf16_supported`) also says yes on AVX-512 CPUs without them,
+# where it emulates bf16: measured there at 0.42x fp32 (AWD-LSTM) and 0.43x (gpt), BENCHMARKS.md.
+# Arm's bf16 is not listed: unmeasured here, so auto stays fp32 on it.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as the kernel lists them (/proc/cpuinfo); empty where there is none."""
+    try:
+        return parse_flags(Path("/proc/cpuinfo").read_text(errors="replace"))
+    except OSError:
+        return frozenset()
+
+
+def parse_flags(cpuinfo: str) -> frozenset[str]:
+    """The first "flags" (x86) or "Features" (Arm) line of a /proc/cpuinfo text, as a set."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_model() -> str:
+    """"AMD EPYC (family 25, model 17; bf16 flags: avx512_bf16)": what BENCHMARKS.md names per figure."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        import platform
+
+        return platform.processor() or platform.machine()
+    bf16 = sorted(flag for flag in cpu_flags() if "bf16" in flag) or ["none"]
+    return (f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')}, "
+            f"model {fields.get('model', '?')}; bf16 flags: {', '.join(bf16)})")
+
+
 def cpu_has_bf16() -> bool:
-    """Native bf16 dot products (oneDNN's check: AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    """Native bf16 on this CPU: its own flags say so (never oneDNN's check alone, which counts emulation)
+    and torch's oneDNN can use it."""
+    return bool(NATIVE_BF16_FLAGS & cpu_flags()) and _onednn_bf16()
+
+
+def _onednn_bf16() -> bool:
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
