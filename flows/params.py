@@ -56,6 +56,7 @@ class ClassifySettings(_Settings):
     n_test: Optional[int] = Field(None, gt=1, description="Test sample size (balanced).")
     epochs_per_phase: Optional[list[int]] = Field(None, description="Gradual unfreezing: epochs of each phase.")
     lrs: Optional[list[float]] = Field(None, description="Peak LR of each phase (same length as epochs_per_phase).")
+    min_steps: Optional[int] = Field(None, gt=0, description="Few labels: scale every phase's epochs until the schedule takes at least this many optimizer steps.")
     schedule: Optional[Schedule] = Field(None, description="LR schedule within each phase.")
     drop_mult: Optional[float] = Field(None, ge=0, description="Dropout multiplier of the classifier.")
     max_tokens: Optional[int] = Field(None, gt=1, description="Truncate reviews to their first N tokens.")

@@ -141,6 +141,7 @@ class ClassifyConfig(_Frozen):
     epochs_per_phase: list[int] = Field([1, 1, 1, 2], description="Gradual unfreezing: phase i trains the last i+1 layer groups; the last phase trains all.")
     lrs: list[float] = Field([2e-2, 1e-2, 5e-3, 1e-3], description="Peak LR (top group) of each phase.")
     lr_decay: float = Field(2.6, ge=1, description="Discriminative LR factor between layer groups.")
+    min_steps: int | None = Field(None, gt=0, description="Few labels: when the schedule would take fewer optimizer steps than this, every phase's epochs are multiplied by the same whole factor until it takes at least this many (the schedule's shape is kept). None = epochs_per_phase as given. metrics.json records the epochs and steps trained.")
     schedule: Literal["one_cycle", "stlr"] = Field("one_cycle", description="LR schedule within each phase.")
     bs: int = Field(64, gt=0, description="Batch size (reviews).")
     bptt: int = Field(72, gt=1, description="Chunk length: the LSTM reads a review in chunks of this many tokens carrying its state (BPT3C); a transformer encodes each chunk separately and pools over all of them.")

@@ -179,6 +179,28 @@ def test_pretrain_can_hold_out_training_articles(tmp_path, data_dir):
     assert len(valid) == 1 and len(train) == cfg.pretrain.max_docs and valid[0] not in train
 
 
+@pytest.mark.parametrize("epochs,batches,min_steps,expected", [
+    ([1, 1, 1, 4], 4, 200, [8, 8, 8, 32]),   # 100 labels at batch 32: 28 steps -> 224
+    ([1, 1, 1, 4], 32, 200, [1, 1, 1, 4]),   # 1,000 labels: 224 steps already
+    ([1, 2], 3, 10, [2, 4]),                 # 9 steps -> 18: the smallest whole factor
+    ([1, 2], 3, None, [1, 2])])
+def test_min_steps_scales_every_phase_alike(epochs, batches, min_steps, expected):
+    from pipeline.config import ClassifyConfig
+    from pipeline.stages.classify import phase_epochs
+
+    cc = ClassifyConfig(epochs_per_phase=epochs, lrs=[1e-2] * len(epochs), min_steps=min_steps)
+    assert phase_epochs(cc, batches) == expected
+
+
+def test_classifier_trains_at_least_min_steps(run_dir, tmp_path, data_dir):
+    cfg = load_config("smoke", ["classify.min_steps=30", "classify.baselines=false"])
+    metrics = classify.run(ctx("classify", cfg, tmp_path / "classify", run_dir / "adapt")).metrics
+    # smoke: 60 labels at batch 16 = 4 batches an epoch, 1 + 1 epochs = 8 steps -> x4 = 32 steps
+    assert metrics["epochs_per_phase"] == [4, 4] and metrics["optimizer_steps"] == 32 and metrics["epochs"] == 8
+    history = pd.read_csv(tmp_path / "classify" / "history.csv")
+    assert len(history) == 8
+
+
 def test_pretrain_auto_takes_the_valid_split_where_the_data_has_one(results, data_dir):
     from pipeline.stages.pretrain import valid_split
 
