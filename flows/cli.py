@@ -68,7 +68,7 @@ def _cmd_run(args) -> int:
     from flows.session import flow_session, interrupted_message, sigterm_as_interrupt
     from pipeline.validate import check_run
 
-    out, start = args.out or f"runs/{args.preset}", time.perf_counter()
+    out, start = _out(args.out, f"runs/{args.preset}"), time.perf_counter()
     try:
         with sigterm_as_interrupt():
             check_run(cfg, out)  # every input and output, before Prefect and any stage start
@@ -117,7 +117,7 @@ def _cmd_compare(args) -> int:
 
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
     n_labels = [_whole_number("--n-labels", n) for n in split(args.n_labels)] if args.n_labels else None
-    out, start = args.out or f"runs/compare-{args.preset}", time.perf_counter()
+    out, start = _out(args.out, f"runs/compare-{args.preset}"), time.perf_counter()
     cells = grid(args.preset, split(args.backbones), split(args.variants), n_labels, args.overrides, out,  # validate first
                  args.seeds, args.reseed_lm)
     try:
@@ -136,6 +136,15 @@ def _cmd_compare(args) -> int:
     for name, states in result["states"].items():
         print(f"  {name:28s} " + " ".join(f"{stage}={state}" for stage, state in states.items()))
     return 0
+
+
+def _out(given: str | None, default: str) -> str:
+    """--out, or the default when it is not given; an empty or blank --out is a mistake, not the default."""
+    if given is None:
+        return default
+    if not given.strip():
+        raise ConfigError(f"--out {given!r}: an empty folder name; leave --out out for the default ({default})")
+    return given
 
 
 def _whole_number(option: str, text: str) -> int:

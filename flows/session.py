@@ -128,12 +128,31 @@ def api_url() -> str:
 
     global _SERVER
     if PREFECT_API_URL.value():
-        return PREFECT_API_URL.value()
+        return _reachable(PREFECT_API_URL.value())
     if _SERVER is None or not _SERVER.alive():
         # not the "ulmfit" logger: Prefect ships that one to the API, which has no run yet
         logging.getLogger(__name__).info("starting a temporary Prefect server (set PREFECT_API_URL to use yours)")
         _SERVER = TemporaryServer().start()
     return _SERVER.api_url
+
+
+class ApiUnreachable(UlmfitError):
+    """PREFECT_API_URL names a server that does not answer."""
+
+
+def _reachable(url: str) -> str:
+    """`url` if its /health answers within a few seconds; else one clear error instead of Prefect's
+    three chained tracebacks 12 s later."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=5) as resp:
+            if resp.status == 200:
+                return url
+            reason = f"HTTP {resp.status}"
+    except OSError as err:  # URLError, connection refused, timeout
+        reason = str(getattr(err, "reason", err))
+    raise ApiUnreachable(f"the Prefect API at PREFECT_API_URL={url} does not answer ({reason}); start that server "
+                         "(`prefect server start`), point PREFECT_API_URL at a running one, or unset it to let "
+                         "ulmfit start a temporary server")
 
 
 # --- one line per user error -------------------------------------------------------------------

@@ -77,6 +77,9 @@ def grid(preset: str, backbones: list[str], variants: list[str], n_labels: list[
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ConfigError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    # A budget, backbone or variant named twice is one cell, not the same work twice.
+    backbones, variants = list(dict.fromkeys(backbones)), list(dict.fromkeys(variants))
+    n_labels = list(dict.fromkeys(n_labels)) if n_labels else n_labels
     out, cells = Path(out_dir).expanduser().resolve(), []
     for i, seed in enumerate(seed_list(preset, overrides, seeds)):
         seeded = ([f"seed={seed}"] if reseed_lm else [f"classify.seed={seed}"]) if i else []

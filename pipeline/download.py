@@ -7,6 +7,7 @@ could write outside the target folder (absolute paths, "..", links, devices) are
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -39,7 +40,18 @@ def archive_url(url: str) -> str:
 def download_dataset(name: str, entry: dict, data_dir: Path) -> Path:
     """Download (unless a verified archive is already there) and unpack into data_dir/name."""
     url = archive_url(entry["url"])
+    created = [folder for folder in [data_dir, *data_dir.parents] if not folder.exists()]
     data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _download_into(name, entry, data_dir, url)
+    except BaseException:
+        for folder in created:  # innermost first: a failed download leaves no folder it made
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+        raise
+
+
+def _download_into(name: str, entry: dict, data_dir: Path, url: str) -> Path:
     archive = data_dir / PurePosixPath(urlparse(url).path).name
     # An archive at this path is complete: it only ever appears by rename after verification.
     downloaded = not archive.exists()

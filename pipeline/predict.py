@@ -115,6 +115,7 @@ def texts_from_file(source: str, text_col: str = "text") -> tuple[Iterable[str],
 
 
 def _lines(stream: BinaryIO, name: str) -> Iterator[str]:
+    n = 0
     with stream:
         for n, raw in enumerate(stream, start=1):
             if b"\x00" in raw:
@@ -124,6 +125,8 @@ def _lines(stream: BinaryIO, name: str) -> Iterator[str]:
             except UnicodeDecodeError as err:
                 raise DataError(f"{name}, line {n}: not UTF-8 (byte {raw[err.start]:#04x})") from None
             yield text.rstrip("\r\n")
+    if n == 0:  # exit 0 with no output would read as "classified, nothing to say"
+        raise DataError(f"{name}: empty, no texts to classify (one text per line)")
 
 
 def predict(run: str | Path, texts: list[str]) -> list[tuple[str, float]]:
