@@ -256,6 +256,18 @@ def fingerprint(folder: Path) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
+def model_fingerprint(folder: Path) -> str:
+    """The sha256 of a stage folder's model.pt (from its manifest): all a downstream stage reads of it.
+
+    Not the whole folder: metrics.json and card.md hold timings, so two runs of the same work would
+    otherwise give their downstream stages different keys, and a recomputed upstream whose model came
+    out bit-identical would retrain everything after it."""
+    files = read_manifest(folder)["files"]
+    if MODEL_FILE not in files:
+        raise ArtifactError(f"{folder}: its manifest lists no {MODEL_FILE}")
+    return files[MODEL_FILE]
+
+
 def read_metrics(folder: Path) -> dict:
     path = Path(folder) / "metrics.json"
     if not path.exists():

@@ -21,7 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
-from pipeline.artifacts import atomic_dir, fingerprint, is_complete
+from pipeline.artifacts import atomic_dir, is_complete, model_fingerprint
 from pipeline.config import RunConfig, stage_config
 from pipeline.data import resolve_data_dir
 from pipeline.errors import ArtifactError
@@ -37,7 +37,7 @@ def stage_key(stage: str, cfg: RunConfig, upstream_dir: str | Path | None) -> st
         "config": stage_config(cfg, stage),
         "data_dir": str(resolve_data_dir(cfg.data_dir)),
         "code": get_stage(stage).code_version(),
-        "upstream": fingerprint(Path(upstream_dir)) if upstream_dir else None,
+        "upstream": model_fingerprint(Path(upstream_dir)) if upstream_dir else None,  # what the stage reads
         "init_from": _folder_stamp(getattr(section, "init_from", None)),
     }
     blob = json.dumps(parts, sort_keys=True, default=str).encode()

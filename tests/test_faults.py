@@ -68,3 +68,26 @@ def test_compare_runs_a_repeated_label_budget_once(tmp_path, data_dir):
     once = grid("smoke", ["awd_lstm"], ["full"], [100, 60], [], tmp_path)
     assert [(c.backbone, c.variant, c.n_labels) for c in twice] == [("awd_lstm", "full", 100), ("awd_lstm", "full", 60)]
     assert [c.folders for c in twice] == [c.folders for c in once]
+
+
+def test_same_upstream_model_gives_the_same_downstream_key(tmp_path):
+    """Two runs of the same work differ only in timings (metrics.json, card.md): their downstream
+    stages share one key, so the store keeps one chain and a bit-identical recompute retrains nothing."""
+    from pipeline.artifacts import write_manifest
+    from pipeline.config import load_config
+    from pipeline.store import stage_key
+
+    def stage_folder(name: str, weights: bytes, seconds: float) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "model.pt").write_bytes(weights)
+        (folder / "metrics.json").write_text(f'{{"train_seconds": {seconds}}}')
+        (folder / "card.md").write_text(f"trained in {seconds} s")
+        write_manifest(folder)
+        return folder
+
+    cfg = load_config("smoke")
+    first, second = stage_folder("a", b"weights", 1.0), stage_folder("b", b"weights", 2.5)
+    assert stage_key("adapt", cfg, first) == stage_key("adapt", cfg, second)
+    other = stage_folder("c", b"other weights", 1.0)
+    assert stage_key("adapt", cfg, first) != stage_key("adapt", cfg, other)
