@@ -37,7 +37,7 @@ Corpus = tuple[pd.DataFrame, Where, str]  # rows (text[, label]), locator, origi
 # " = = Section = = ". Without the blank-line condition table legends such as " = Played , W = "
 # also match (629 "articles" instead of 600 in wikitext-2 train).
 _TITLE = re.compile(r"^ = [^=](?:.*[^=])? = $")
-_NUMBER = r"\s*[-+]?(\d[\d,]*\.?\d*|\.\d+)([eE][-+]?\d+)?\s*"
+_NUMBER = re.compile(r"\s*[-+]?([0-9][0-9,]*\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*")
 _MARKUP = (("<unk>", "xxunk"), (" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."))
 
 
@@ -356,7 +356,7 @@ def _validate(df: pd.DataFrame, where: Where, origin: str, allowed: list[str] | 
     if (i := _first(text.str.len().gt(MAX_DOC_CHARS))) is not None:
         raise DataError(f"{where(i)}: one document of {len(text[i]):,} characters, over the limit of "
                         f"{MAX_DOC_CHARS:,} (pipeline.data.MAX_DOC_CHARS); split it into documents")
-    if text.str.fullmatch(_NUMBER).all():  # a csv's numbers are read as strings: a wrong text column
+    if text.map(is_number).all():  # a csv's numbers are read as strings: a wrong text column
         raise DataError(f"{origin}: every text is a number ({where(0)}: {text[0]!r}); is the text column the right one?")
     out = pd.DataFrame({"text": text.astype(str)})
     if "label" in df:
@@ -394,6 +394,11 @@ def _validate_labels(label: pd.Series, where: Where, origin: str, allowed: list[
     if label.nunique() < 2:
         raise DataError(f"{origin}: only one class present ({label[0]!r}); a classifier needs at least two")
     return label
+
+
+def is_number(text: str) -> bool:
+    """"5", " -3.5 ", "1,000", "2e3": a value that is a number, not a text to learn from or classify."""
+    return _NUMBER.fullmatch(text) is not None
 
 
 def is_registered(source: str) -> bool:
