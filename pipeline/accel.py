@@ -30,12 +30,17 @@ NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
 @lru_cache(maxsize=1)
+def _cpuinfo() -> str | None:
+    """/proc/cpuinfo's text, read once; None where there is none (not Linux)."""
+    try:
+        return Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+
+
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags as the kernel lists them (/proc/cpuinfo); empty where there is none."""
-    try:
-        return parse_flags(Path("/proc/cpuinfo").read_text(errors="replace"))
-    except OSError:
-        return frozenset()
+    return parse_flags(_cpuinfo() or "")
 
 
 def parse_flags(cpuinfo: str) -> frozenset[str]:
@@ -49,15 +54,14 @@ def parse_flags(cpuinfo: str) -> frozenset[str]:
 
 def cpu_model() -> str:
     """"AMD EPYC (family 25, model 17; bf16 flags: avx512_bf16)": what BENCHMARKS.md names per figure."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
+    if _cpuinfo() is None:
         import platform
 
         return platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
+    for line in _cpuinfo().splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
     bf16 = sorted(flag for flag in cpu_flags() if "bf16" in flag) or ["none"]
     return (f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')}, "
             f"model {fields.get('model', '?')}; bf16 flags: {', '.join(bf16)})")
