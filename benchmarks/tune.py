@@ -26,7 +26,7 @@ from pipeline.artifacts import read_metrics
 from pipeline.config import load_config
 from pipeline.stages.context import make_context
 from pipeline.stages.registry import REGISTRY, run_stage, stage_folders
-from pipeline.store import keep, restore, stage_key
+from pipeline.store import computing, keep, restore, stage_key
 
 log = logging.getLogger("ulmfit")
 
@@ -39,10 +39,11 @@ def run_config(preset: str, name: str, overrides: list[str], out: Path) -> dict:
         upstream = folders[stage.upstream] if stage.upstream else None
         key = stage_key(stage_name, cfg, upstream)
         start = time.perf_counter()
-        if not restore(folder, key, cfg):
-            run_stage(make_context(stage_name, cfg, folder, upstream, key))
-            keep(folder, key, cfg)
-            computed.append(stage_name)
+        with computing(key, cfg):
+            if not restore(folder, key, cfg):
+                run_stage(make_context(stage_name, cfg, folder, upstream, key))
+                keep(folder, key, cfg)
+                computed.append(stage_name)
         walls[stage_name] = read_metrics(folder)["wall_seconds"]
         log.info("tune %s: %s %s in %.0fs", name, stage_name, "computed" if stage_name in computed else "cached",
                  time.perf_counter() - start)
@@ -51,6 +52,8 @@ def run_config(preset: str, name: str, overrides: list[str], out: Path) -> dict:
     return {"name": name, "overrides": overrides, "valid_accuracy": cls.get("valid_accuracy"),
             "test_accuracy": cls["test_accuracy"], "test_size": cls["test_size"],
             "tfidf_test_accuracy": cls.get("tfidf_test_accuracy"), "probe_test_accuracy": cls.get("probe_test_accuracy"),
+            "probe_valid_accuracy": cls.get("probe_valid_accuracy"),
+            "lm_train_tokens": {s: lm[s].get("train_tokens") for s in lm},
             "pretrain_ppl": lm["pretrain"]["valid_perplexity"], "adapt_ppl": lm["adapt"]["held_out_perplexity_after"],
             "wall_seconds": walls, "total_wall_seconds": sum(walls.values()), "computed": computed}
 

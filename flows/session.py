@@ -10,6 +10,8 @@ and one line per user error.
 - **Stops.** SIGTERM is raised as `Terminated` (a KeyboardInterrupt), so Ctrl-C and SIGTERM take
   the same path: the stage stops at once, checkpoints stay, the server is stopped, no process
   outlives the run.
+- **A server that goes away.** `flows.watchdog` notices within seconds and stops the run with one
+  line (status 75) instead of minutes of retries and tracebacks.
 - **Quiet errors.** A user error inside a task is printed by the CLI as one `ulmfit: error:` line;
   Prefect's log of the same failure (a traceback of ~100 lines) is dropped from the console
   unless `-v` asks for it. Tracebacks of real bugs are always shown.
@@ -230,16 +232,24 @@ def flow_session(verbose: bool = False) -> Iterator[None]:
     """Around a flow run from the CLI: SIGTERM as an interrupt, quiet user errors, an API we own."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from flows.watchdog import watching
+
     with sigterm_as_interrupt(), quiet_user_errors(verbose):
-        with temporary_settings(updates={PREFECT_API_URL: api_url()}):
+        url = api_url()
+        with temporary_settings(updates={PREFECT_API_URL: url}), watching(url):
             yield
 
 
 def interrupted_message(stop: KeyboardInterrupt, run_dir: Path) -> tuple[str, int]:
-    """The line to print and the exit status (130 for Ctrl-C, 143 for SIGTERM) after an interrupt."""
+    """The line to print and the exit status (130 for Ctrl-C, 143 for SIGTERM, 75 when the Prefect
+    API went away) after an interrupt."""
+    from flows.watchdog import EXIT_STATUS, ServerLost, lost_message
+
     found = [*run_dir.glob("*.partial"), *run_dir.glob("*/*.partial")] if run_dir.is_dir() else []  # run, compare
     partial = sorted(p for p in found if p.is_dir())
     where = f"; checkpoints of the interrupted stage: {', '.join(map(str, partial))}" if partial else ""
+    if isinstance(stop, ServerLost):
+        return lost_message(stop.url) + where, EXIT_STATUS
     what = "terminated" if isinstance(stop, Terminated) else "interrupted"
     return (f"ulmfit: {what}: run the same command again to resume (finished stages are cached, an unfinished "
             f"stage continues from its last finished epoch){where}"), (143 if isinstance(stop, Terminated) else 130)

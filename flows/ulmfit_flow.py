@@ -25,7 +25,7 @@ from pipeline.config import RunConfig, load_config
 from pipeline.ensemble import ENSEMBLE, chain_folders, chains, classifier_stage, ensure
 from pipeline.locking import run_dir_lock
 from pipeline.stages.registry import REGISTRY, depends_on
-from pipeline.store import keep, restore, stage_key
+from pipeline.store import computing, keep, restore, stage_key
 from pipeline.validate import check_run
 
 
@@ -37,12 +37,13 @@ def stage_task(stage: str, cfg: RunConfig, out_dir: str, upstream: Optional[str]
     stage's output for `cache_key`. Per-epoch checkpoints go to `<out_dir>.partial/` (resume after
     a crash); the UI gets a progress artifact. `suffix` names the chain (e.g. -backward) in the UI."""
     folder = Path(out_dir)
-    if not force and restore(folder, cache_key, cfg):
-        remove_checkpoints(partial_dir(folder))  # of an earlier, interrupted try (a user's file there stays)
-        return Completed(name="Cached", data=_result(stage, folder), message=f"{stage}: {cache_key} from the cache")
-    with stage_progress(stage, cfg, f"{stage}{suffix}"):
-        launch(stage, cfg, upstream, out_dir, cache_key)
-    keep(folder, cache_key, cfg)
+    with computing(cache_key, cfg):  # a run computing the same key elsewhere: wait for it, then take it
+        if not force and restore(folder, cache_key, cfg):
+            remove_checkpoints(partial_dir(folder))  # of an earlier, interrupted try (a user's file there stays)
+            return Completed(name="Cached", data=_result(stage, folder), message=f"{stage}: {cache_key} from the cache")
+        with stage_progress(stage, cfg, f"{stage}{suffix}"):
+            launch(stage, cfg, upstream, out_dir, cache_key)
+        keep(folder, cache_key, cfg)
     return _result(stage, folder)
 
 

@@ -1,4 +1,5 @@
-"""One ulmfit run per run directory at a time: an OS lock (flock) on `<run_dir>/.lock`.
+"""One ulmfit run per run directory at a time: an OS lock (flock) on `<run_dir>/.lock`; and one
+computation per stage key at a time (`waiting_lock`, used by `pipeline.store`).
 
 The lock belongs to the open file, so the kernel releases it when the process dies, even by
 `kill -9`: a lock file left behind by a killed run never blocks the next one. The file holds
@@ -17,7 +18,7 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from pipeline.errors import RunDirError, RunLockedError
 
@@ -54,6 +55,30 @@ def run_dir_lock(run_dir: str | Path) -> Iterator[Path]:
         yield path
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def waiting_lock(path: Path, on_wait: Callable[[str], None]) -> Iterator[bool]:
+    """Hold the lock on `path`, waiting for another holder if there is one (`on_wait` gets its pid
+    and start time first). Yields False, holding nothing, where the lock file cannot be made (a
+    read-only cache): the caller then goes on unlocked rather than failing."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _open_lock_file(path)
+    except (OSError, RunDirError):
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait(_holder(path))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "started": time.time()}).encode(), 0)
+        yield True
+    finally:
+        os.close(fd)
 
 
 def make_run_dir(run_dir: Path) -> None:

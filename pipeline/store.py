@@ -10,10 +10,17 @@ missing or stale gets the store's copy at once: its files are hard-linked into t
 (copied when the store is on another file system), so every run folder holds its own complete
 stages and never reads another run folder. Deleting or moving a run folder, or the whole store,
 never breaks another run: at worst a stage is computed again. Every use verifies the files
-against their manifest's sha256s, so a damaged copy is recomputed, never trusted.
+against their manifest's sha256s, so a damaged copy is recomputed, never trusted, and reported in
+one line that names the run folders sharing the damaged file (hard links share its bytes).
+
+One process at a time computes a key (`computing`: an flock on `<cache dir>/locks/<key>.lock`).
+Two runs of the same work on one store do not both train it: the second waits for the first's
+stage, then takes it from the store. The kernel drops the lock of a killed process, so a crash
+never blocks the next run.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,10 +28,11 @@ import os
 import shutil
 from pathlib import Path
 
-from pipeline.artifacts import atomic_dir, is_complete, model_fingerprint
+from pipeline.artifacts import MANIFEST, atomic_dir, is_complete, model_fingerprint, read_manifest, sha256_file
 from pipeline.config import RunConfig, stage_config
 from pipeline.data import resolve_data_dir
 from pipeline.errors import ArtifactError
+from pipeline.locking import waiting_lock
 from pipeline.stages.registry import get_stage
 from pipeline.tokens import default_cache_dir
 
@@ -56,6 +64,17 @@ def store_entry(cfg: RunConfig, key: str) -> Path:
     return default_cache_dir(cfg.cache_dir) / "stages" / key
 
 
+@contextlib.contextmanager
+def computing(key: str, cfg: RunConfig):
+    """Hold `key` while restoring or computing it: a second process with the same key waits here,
+    then finds the first one's stage in the store."""
+    def waiting(holder: str) -> None:
+        log.info("%s: another run (%s) is computing this stage with the same settings; waiting for it, "
+                 "then using its result", key, holder)
+    with waiting_lock(default_cache_dir(cfg.cache_dir) / "locks" / f"{key}.lock", waiting):
+        yield
+
+
 def restore(folder: Path, key: str, cfg: RunConfig) -> bool:
     """True if `folder` holds the complete stage for `key`: already, or now, linked in from the store."""
     folder, entry = Path(folder), store_entry(cfg, key)
@@ -63,10 +82,13 @@ def restore(folder: Path, key: str, cfg: RunConfig) -> bool:
         if not is_complete(entry, key):
             keep(folder, key, cfg)  # a later run folder with these settings can have it too
         return True
+    _report_damage(folder, key, cfg)
     if not is_complete(entry, key):
+        _report_damage(entry, key, cfg)
         return False
     try:
         _link_folder(entry, folder)
+        _record_link(cfg, key, folder)
     except ArtifactError as err:
         log.warning("could not take %s from the stage cache (%s); computing it", folder.name, err)
         return False
@@ -77,8 +99,64 @@ def keep(folder: Path, key: str, cfg: RunConfig) -> None:
     """Put a finished stage folder into the store under its key (replacing what was there)."""
     try:
         _link_folder(Path(folder), store_entry(cfg, key))
+        _record_link(cfg, key, Path(folder))
     except ArtifactError as err:  # the run folder is complete either way: the store is a convenience
         log.warning("could not keep %s in the stage cache: %s", folder, err)
+
+
+def _links_file(cfg: RunConfig, key: str) -> Path:
+    return default_cache_dir(cfg.cache_dir) / "links" / f"{key}.txt"
+
+
+def _record_link(cfg: RunConfig, key: str, folder: Path) -> None:
+    """Note which run folder shares the entry's files, to name it if one of them is ever damaged."""
+    path = _links_file(cfg, key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        known = path.read_text().splitlines() if path.exists() else []
+        if str(folder.resolve()) not in known:
+            with open(path, "a") as fh:
+                fh.write(f"{folder.resolve()}\n")
+    except OSError:  # only for the damage report
+        pass
+
+
+def damaged_files(folder: Path, key: str) -> list[str]:
+    """The files of a folder that holds `key`'s stage (by its manifest) whose bytes no longer match."""
+    try:
+        manifest = read_manifest(folder)
+        files = manifest["files"] if manifest.get("cache_key") == key else {}
+        return [name for name, digest in sorted(files.items())
+                if not (folder / name).is_file() or sha256_file(folder / name) != digest]
+    except (ArtifactError, OSError, AttributeError, KeyError, TypeError):
+        return []
+
+
+def _report_damage(folder: Path, key: str, cfg: RunConfig) -> None:
+    """One warning line where a folder that should hold `key` has lost or changed a file."""
+    damaged = damaged_files(folder, key)
+    if not damaged:
+        return
+    path = folder / damaged[0]
+    sharing = _sharing(cfg, key, path, folder)
+    also = f"; the same damaged file (a hard link) is in {', '.join(sharing)}" if sharing else ""
+    log.warning("%s: damaged (sha256 does not match %s), so not used%s", path, MANIFEST, also)
+
+
+def _sharing(cfg: RunConfig, key: str, path: Path, folder: Path) -> list[str]:
+    """The other folders (the store entry and the run folders on record) holding this very file."""
+    try:
+        listed = _links_file(cfg, key).read_text().splitlines() if _links_file(cfg, key).exists() else []
+    except OSError:
+        listed = []
+    others = [store_entry(cfg, key)] + [Path(p) for p in listed]
+    found = []
+    for other in others:
+        candidate = other / path.name
+        with contextlib.suppress(OSError):
+            if other.resolve() != folder.resolve() and candidate.exists() and os.path.samefile(candidate, path):
+                found.append(str(other))
+    return found
 
 
 def _link_folder(source: Path, target: Path) -> None:

@@ -91,3 +91,72 @@ def test_same_upstream_model_gives_the_same_downstream_key(tmp_path):
     assert stage_key("adapt", cfg, first) == stage_key("adapt", cfg, second)
     other = stage_folder("c", b"other weights", 1.0)
     assert stage_key("adapt", cfg, first) != stage_key("adapt", cfg, other)
+
+
+_SAME_KEY_RUN = """
+import logging, sys, time
+from pathlib import Path
+import flows.ulmfit_flow as flow
+from pipeline.artifacts import write_manifest
+from pipeline.config import load_config
+
+def fake_launch(stage, cfg, upstream, out_dir, key):
+    with open(sys.argv[3], "a") as fh:
+        fh.write(out_dir + "\\n")
+    time.sleep(2)  # long enough for the other process to arrive while this one computes
+    folder = Path(out_dir)
+    folder.mkdir(parents=True)
+    (folder / "model.pt").write_bytes(b"weights")
+    (folder / "metrics.json").write_text("{}")
+    write_manifest(folder, key)
+
+logging.basicConfig(level=logging.INFO)
+flow.launch = fake_launch
+cfg = load_config("smoke", [f"cache_dir={sys.argv[1]}"])
+flow.stage_task.fn("pretrain", cfg, sys.argv[2], None, "pretrain-samekey")
+"""
+
+
+def test_two_runs_of_the_same_work_compute_it_once(tmp_path):
+    """Defect 4: two runs of one stage key on one store: the second waits for the first, then takes its
+    stage from the store instead of training it again."""
+    import subprocess
+    import sys
+
+    from pipeline.artifacts import is_complete
+
+    script, computed = tmp_path / "run.py", tmp_path / "computed.txt"
+    script.write_text(_SAME_KEY_RUN)
+    runs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "cache"), str(tmp_path / name / "pretrain"),
+                              str(computed)], stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+            for name in ("a", "b")]
+    logs = [run.communicate(timeout=120)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], logs
+    assert len(computed.read_text().splitlines()) == 1, logs
+    assert sum("is computing this stage with the same settings; waiting" in log for log in logs) == 1, logs
+    assert all(is_complete(tmp_path / name / "pretrain", "pretrain-samekey") for name in ("a", "b"))
+
+
+def test_a_damaged_store_entry_is_reported_with_the_folders_sharing_it(tmp_path, caplog):
+    """Defect 5: a store entry whose model.pt changed is not used, and the warning names the run
+    folders that share the damaged file through their hard links."""
+    from pipeline.artifacts import write_manifest
+    from pipeline.config import load_config
+    from pipeline.store import keep, restore, store_entry
+
+    cfg, key = load_config("smoke", [f"cache_dir={tmp_path / 'cache'}"]), "adapt-damaged"
+    first = tmp_path / "run1" / "adapt"
+    first.mkdir(parents=True)
+    (first / "model.pt").write_bytes(b"weights" * 100)
+    write_manifest(first, key)
+    keep(first, key, cfg)
+    second = tmp_path / "run2" / "adapt"
+    assert restore(second, key, cfg)  # linked in from the store
+    model = store_entry(cfg, key) / "model.pt"
+    model.write_bytes(b"flipped" + model.read_bytes()[7:])  # in place: every hard link sees it
+
+    caplog.set_level("WARNING", logger="ulmfit")
+    assert not restore(tmp_path / "run3" / "adapt", key, cfg)
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    assert f"{model}: damaged (sha256 does not match manifest.json), so not used" in warning
+    assert str(first) in warning and str(second) in warning

@@ -128,3 +128,23 @@ def test_kill_9_takes_the_server_with_it(run_until_training):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     _nothing_left(proc, port)
+
+
+def test_a_server_that_dies_mid_run_stops_it_in_one_line(run_until_training):
+    """Issue 24, defect 2: after `kill -9` of the Prefect server the run trained on for ~8 minutes and
+    ended in 4 tracebacks. Now it notices within seconds and says in one line how to resume (status 75)."""
+    from flows.watchdog import GRACE_SECONDS, MISSES, POLL_SECONDS
+
+    proc, port, log = run_until_training()
+    killed = time.monotonic()
+    for pid in _server_processes(port):
+        os.kill(pid, signal.SIGKILL)
+    took = _stopped(proc, killed)
+    output = log.read_text()
+    assert proc.returncode == 75, output[-3000:]
+    assert took < MISSES * POLL_SECONDS + GRACE_SECONDS + 15, f"took {took:.1f}s to stop"
+    tail = output[output.index("adapt epoch 1/20:"):]
+    assert f"the Prefect API at http://127.0.0.1:{port}/api stopped answering during the run" in tail
+    assert "run the same command to resume" in tail
+    assert "Traceback" not in output and "ConnectError" not in output and len(tail.splitlines()) < 6, tail
+    _nothing_left(proc, port)
