@@ -22,6 +22,16 @@ def pytest_runtest_makereport(item, call):
         item.failed = True
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prefect_logging_on_the_session_streams():
+    """Prefect binds its console handler to sys.stderr when its logging is first set up. Done inside
+    a test with capsys, that stream is closed after the test, and every later in-process flow fails
+    in Prefect's logging (test_faults then test_locking did): set it up once, here."""
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def module_cache_dir(tmp_path_factory):
     """A cache dir (token cache and stage store) per test module: a run that a module expects to
