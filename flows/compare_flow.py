@@ -18,7 +18,7 @@ from flows.ulmfit_flow import run_stages
 from pipeline.backbones import REGISTRY as BACKBONES
 from pipeline.compare import VARIANTS, cell_row, grid
 from pipeline.compare_report import markdown, summarize, update_results, write_report
-from pipeline.config import RunConfig
+from pipeline.config import RunConfig, load_config
 from pipeline.errors import ConfigError
 from pipeline.locking import run_dir_lock
 from pipeline.validate import check_run
@@ -30,6 +30,13 @@ Variant = Literal[tuple(VARIANTS)]
 def cell_flow(name: str, config: RunConfig, folders: dict[str, str]) -> dict:
     """One cell of the grid: the stages with this cell's config, in its (partly shared) stage folders."""
     return run_stages(config, {stage: Path(folder) for stage, folder in folders.items()})
+
+
+def form_values(preset: str) -> dict:
+    """What the `compare/<preset>` deployment's form opens with (flows/forms.py)."""
+    n_labels = load_config(preset).classify.n_labels  # None (every label: the full preset) stays optional
+    return {"backbones": list(BACKBONES), "variants": list(VARIANTS), "n_labels": [n_labels] if n_labels else None,
+            "overrides": [], "out_dir": f"runs/compare-{preset}", "seeds": 1, "reseed_lm": False}
 
 
 @flow(name="compare", log_prints=True, persist_result=True)

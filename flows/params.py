@@ -62,11 +62,23 @@ class ClassifySettings(_Settings):
     max_tokens: Optional[int] = Field(None, gt=1, description="Truncate reviews to their first N tokens.")
 
 
+SETTINGS = {"pretrain": PretrainSettings, "adapt": AdaptSettings, "classify": ClassifySettings}
+
+
+def settings_values(cfg) -> dict:
+    """The typed settings as a resolved config holds them: what a preset's form opens with."""
+    values = {}
+    for section, model in SETTINGS.items():
+        resolved = getattr(cfg, section).model_dump(mode="json")
+        values[section] = {name: resolved[name] for name in model.model_fields}
+    return values
+
+
 def typed_overrides(backbone: Optional[str], pretrain: Optional[PretrainSettings], adapt: Optional[AdaptSettings],
                     classify: Optional[ClassifySettings]) -> list[str]:
     """The typed parameters as `section.field=value` overrides (empty ones left out)."""
     out = [f"model.backbone={backbone}"] if backbone else []
-    for section, settings in (("pretrain", pretrain), ("adapt", adapt), ("classify", classify)):
+    for section, settings in zip(SETTINGS, (pretrain, adapt, classify)):
         if settings is not None:
             out += settings.to_overrides(section)
     return out

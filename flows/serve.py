@@ -135,16 +135,31 @@ def stop_process_group(proc: subprocess.Popen | None, grace: float = 20.0) -> No
 
 
 def deployments(names: list[str] | None = None) -> list:
-    """RunnerDeployments for the served flows (module-path entrypoints: no file paths baked in)."""
-    from prefect.types.entrypoint import EntrypointType
+    """RunnerDeployments for the served flows, one per preset (`ulmfit/cpu`, `compare/smoke`, ...), whose
+    forms open with the preset's values (flows/forms.py). Module-path entrypoints: no file paths baked in."""
+    from pipeline.config import available_presets
 
     chosen = [(n, f) for n, f in served_flows() if names is None or n in names]
     if names and len(chosen) != len(names):
         known = ", ".join(n for n, _ in served_flows())
         raise ServeError(f"unknown flow in {names}; available: {known}")
-    return [f.to_deployment(name=name, entrypoint_type=EntrypointType.MODULE_PATH,
-                            description=(f.description or "").strip().splitlines()[0] if f.description else None)
-            for name, f in chosen]
+    return [preset_deployment(f, preset) for _, f in chosen for preset in available_presets()]
+
+
+def preset_deployment(flow, preset: str):
+    from prefect.types.entrypoint import EntrypointType
+    from prefect.utilities.annotations import freeze
+    from prefect.utilities.callables import ParameterSchema
+
+    from flows.forms import description, plain_schema
+
+    values = importlib.import_module(flow.fn.__module__).form_values(preset)
+    deployment = flow.to_deployment(name=preset, entrypoint_type=EntrypointType.MODULE_PATH,
+                                    parameters={"preset": freeze(preset), **values},
+                                    description=description(flow, preset))
+    schema = plain_schema(deployment._parameter_openapi_schema.model_dump(), values)
+    deployment._parameter_openapi_schema = ParameterSchema(**schema)
+    return deployment
 
 
 def _raise_interrupt(*_args):

@@ -18,7 +18,7 @@ from prefect.states import Completed
 
 from flows.launching import launch  # in process, or under torchrun when cfg.nproc > 1
 from flows.params import (AdaptSettings, BackboneName, ClassifySettings, Preset, PretrainSettings, StageName,
-                          typed_overrides)
+                          settings_values, typed_overrides)
 from flows.reporting import report_stage, stage_progress
 from pipeline.artifacts import partial_dir, read_metrics, remove_checkpoints
 from pipeline.config import RunConfig, load_config
@@ -114,17 +114,23 @@ def ulmfit_flow(preset: Preset = "cpu", backbone: Optional[BackboneName] = None,
     """Pretrain a language model, adapt it to the target domain, fine-tune a classifier.
 
     Args:
-        preset: Starting configuration (smoke: ~1 min test run; cpu: ~20 min; full: GPU reproduction).
-        backbone: Model family; empty = the preset's (awd_lstm).
-        pretrain: Stage 1 settings; empty fields keep the preset's values.
-        adapt: Stage 2 settings; empty fields keep the preset's values.
-        classify: Stage 3 settings; empty fields keep the preset's values.
+        preset: Starting configuration (smoke: ~1 min test run; cpu: ~25 min on 2 cores; full: GPU reproduction).
+        backbone: Model family (the form opens with the preset's).
+        pretrain: Stage 1 settings (the form opens with the preset's values; from the API, a field left out keeps it).
+        adapt: Stage 2 settings (the form opens with the preset's values; from the API, a field left out keeps it).
+        classify: Stage 3 settings (the form opens with the preset's values; from the API, a field left out keeps it).
         overrides: Any other field as section.field=value, e.g. classify.bs=32 (applied last).
         rerun: Recompute this stage and the ones after it even if cached.
         out_dir: Run directory (default: runs/PRESET, relative to where the flow runs).
     """
     cfg = load_config(preset, typed_overrides(backbone, pretrain, adapt, classify) + list(overrides or []))
     return run_in_folder(cfg, out_dir or f"runs/{preset}", rerun)
+
+
+def form_values(preset: str) -> dict:
+    """What the `ulmfit/<preset>` deployment's form opens with (flows/forms.py): the preset's values."""
+    cfg = load_config(preset)
+    return {"backbone": cfg.model.backbone, **settings_values(cfg), "overrides": [], "out_dir": f"runs/{preset}"}
 
 
 @flow(name="ulmfit", log_prints=True, persist_result=True)

@@ -81,7 +81,8 @@ def prefect_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def served(prefect_server, tmp_path_factory):
-    """`ulmfit serve` pointed at the test server, until its `ulmfit/ulmfit` deployment is registered."""
+    """`ulmfit serve` pointed at the test server, until its deployments are registered; "deployment" is
+    `ulmfit/smoke`, the one most tests run."""
     import subprocess
     import sys
     import time
@@ -103,12 +104,14 @@ def served(prefect_server, tmp_path_factory):
             with get_client(sync_client=True) as client:
                 while True:  # bounded by pytest-timeout; fails at once if `ulmfit serve` exits
                     assert proc.poll() is None, f"ulmfit serve exited:\n{_log_tail(log_path)}"
-                    try:
-                        deployment = client.read_deployment_by_name("ulmfit/ulmfit")
+                    try:  # one deployment per flow and preset, all registered at once
+                        deployments = {name: client.read_deployment_by_name(name)
+                                       for name in ("ulmfit/smoke", "ulmfit/cpu", "compare/smoke")}
                         break
                     except Exception:
                         time.sleep(1)
-            yield {"proc": proc, "deployment": deployment, "log": log_path, "server": prefect_server}
+            yield {"proc": proc, "deployment": deployments["ulmfit/smoke"], "deployments": deployments,
+                   "log": log_path, "server": prefect_server}
     finally:
         stop_process_group(proc)
 

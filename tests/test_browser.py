@@ -15,6 +15,7 @@ CHROMIUM = os.environ.get("ULMFIT_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 ARTIFACTS = Path(os.environ.get("ULMFIT_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts"))
+DOCS = Path(__file__).resolve().parents[1] / "docs"  # the form's screenshot in docs/ui.md
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason=f"{CHROMIUM} not found: install Debian's chromium (.ci/run does)")
@@ -46,48 +47,64 @@ def field(page, label: str, within=None):
     ).last
 
 
-def fill_optional(page, label: str, kind: str, value: str, within=None) -> None:
-    """Switch an Optional field from None to its type, then type the value."""
-    prop = field(page, label, within)
-    prop.get_by_role("button", name=kind, exact=True).first.click()
-    prop.locator("input, textarea").first.fill(value)
+def fill(page, label: str, value: str, within=None) -> None:
+    """Type into a plain field (a deployment's form opens with its preset's value there)."""
+    field(page, label, within).locator("input, textarea").first.fill(value)
 
 
-def choose(page, label: str, option: str) -> None:
-    """Pick an enum value. The select opens from the keyboard (a synthetic mouse click does not open it)."""
+def open_custom_run(page, ui: str, deployment) -> None:
+    page.goto(f"{ui}/deployments/deployment/{deployment.id}")
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_text("Custom run", exact=True).click()
+    page.wait_for_url(re.compile(r"/deployments/deployment/.+/run"))
+
+
+def submitted_run(client, deployment_id, out_dir: str) -> str:
+    """The id of the run the form created (other tests' runs of this deployment are in its list too)."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    while True:  # bounded by pytest-timeout
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+        mine = [r for r in runs if r.parameters.get("out_dir") == out_dir]
+        if mine:
+            return str(mine[0].id)
+        time.sleep(0.5)
+
+
+def test_each_preset_form_opens_with_its_values(served, page):
+    """Issue 25: `ulmfit/cpu`'s Custom run form shows the preset's label budget in a plain number field."""
     from playwright.sync_api import expect
 
-    control = field(page, label).locator(".p-select-button__control").first
-    control.focus()
-    page.keyboard.press("ArrowDown")
-    page.get_by_text(option, exact=True).first.click()
-    expect(control).to_have_text(option)
+    from pipeline.config import load_config
+
+    open_custom_run(page, served["server"].ui_url, served["deployments"]["ulmfit/cpu"])
+    n_labels = field(page, "N Labels", within=field(page, "classify")).locator("input").first
+    expect(n_labels).to_have_value(str(load_config("cpu").classify.n_labels))  # 1,000, read from the preset
+    for folder in (ARTIFACTS, DOCS):
+        page.screenshot(path=str(folder / "ui-custom-run-form.png"), full_page=True)
 
 
 def test_custom_run_from_the_ui(served, page, tmp_path):
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    ui, deployment = served["server"].ui_url, served["deployment"]
+    from pipeline.artifacts import load_model_file
+    from pipeline.config import load_config
+
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     out_dir = tmp_path / "browser-run"
 
-    page.goto(f"{ui}/deployments/deployment/{deployment.id}")
-    page.get_by_role("button", name="Run", exact=True).click()
-    page.get_by_text("Custom run", exact=True).click()
-    page.wait_for_url(re.compile(r"/deployments/deployment/.+/run"))
-    choose(page, "preset", "smoke")
-    fill_optional(page, "out_dir", "str", str(out_dir))
-    fill_optional(page, "N Test", "int", "40", within=field(page, "classify"))
-    page.screenshot(path=str(ARTIFACTS / "ui-custom-run-form.png"), full_page=True)
+    open_custom_run(page, served["server"].ui_url, served["deployments"]["ulmfit/smoke"])
+    fill(page, "out_dir", str(out_dir))
+    fill(page, "N Test", "40", within=field(page, "classify"))  # one field changed; the rest is the preset's
+    page.screenshot(path=str(ARTIFACTS / "ui-custom-run-smoke.png"), full_page=True)
     page.get_by_role("button", name="Submit").click()
     page.wait_for_url(re.compile(r"/deployments/deployment/[0-9a-f-]{36}$"))  # back on the deployment page
-    page.locator("a[href*='/runs/flow-run/']").first.click()  # the new run in its list
-    page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
-    run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", page.url).group(1)
 
     with temporary_settings(updates={PREFECT_API_URL: served["server"].api_url}):
         with get_client(sync_client=True) as client:
+            run_id = submitted_run(client, served["deployments"]["ulmfit/smoke"].id, str(out_dir))
+            page.goto(f"{served['server'].ui_url}/runs/flow-run/{run_id}")
             while True:  # bounded by pytest-timeout; fails at once if the serving process dies
                 run = client.read_flow_run(run_id)
                 if run.state is not None and run.state.is_final():
@@ -108,3 +125,6 @@ def test_custom_run_from_the_ui(served, page, tmp_path):
     assert (out_dir / "classify" / "manifest.json").is_file()
     metrics = (out_dir / "classify" / "metrics.json").read_text()
     assert '"test_size": 40' in metrics
+    classify = load_model_file(out_dir / "classify").config["classify"]
+    smoke = load_config("smoke").classify
+    assert classify["n_test"] == 40 and classify["n_labels"] == smoke.n_labels  # changed, and the preset's

@@ -53,17 +53,41 @@ def artifacts(client, flow_run_id) -> dict:
 
 
 def test_deployment_has_typed_parameters(served):
-    from pipeline.config import available_presets
-
     schema = served["deployment"].parameter_openapi_schema
     props = schema["properties"]
-    assert props["preset"]["enum"] == available_presets() == ["cpu", "full", "smoke"]  # from the presets folder
-    assert props["backbone"]["anyOf"][0]["enum"] == ["awd_lstm", "gpt", "bert"]
-    assert props["rerun"]["anyOf"][0]["enum"] == list(STAGES)
+    assert props["preset"]["enum"] == ["smoke"] and props["preset"]["readOnly"]  # ulmfit/smoke: one preset
+    assert props["backbone"]["enum"] == ["awd_lstm", "gpt", "bert"]  # from the registry, a plain dropdown
+    assert props["rerun"]["anyOf"][0]["enum"] == list(STAGES)  # no value in a preset: stays optional
     for stage in STAGES:  # nested forms with typed fields, not a JSON blob
         ref = props[stage].get("$ref") or props[stage]["allOf"][0]["$ref"]
         assert schema["definitions"][ref.split("/")[-1]]["properties"]
     assert "n_labels" in schema["definitions"]["ClassifySettings"]["properties"]
+
+
+@pytest.mark.parametrize("name", ["ulmfit/smoke", "ulmfit/cpu"])
+def test_each_preset_deployment_opens_with_the_preset_values(served, name):
+    """Issue 25: the form's fields are plain typed fields holding what the run will use, read from the
+    preset (not None toggles)."""
+    from pipeline.config import load_config
+
+    deployment = served["deployments"][name]
+    cfg = load_config(name.split("/")[1])
+    classify = deployment.parameter_openapi_schema["definitions"]["ClassifySettings"]["properties"]
+    assert classify["n_labels"]["type"] == "integer" and "anyOf" not in classify["n_labels"]
+    assert classify["n_labels"]["default"] == cfg.classify.n_labels
+    assert deployment.parameters["classify"]["n_labels"] == cfg.classify.n_labels
+    assert deployment.parameters["classify"]["epochs_per_phase"] == list(cfg.classify.epochs_per_phase)
+    assert deployment.parameters["pretrain"]["max_vocab"] == cfg.pretrain.max_vocab
+    assert deployment.parameters["backbone"] == cfg.model.backbone
+    assert f"Preset `{name.split('/')[1]}`" in deployment.description
+
+
+def test_compare_deployment_opens_with_the_preset_label_budget(served):
+    from pipeline.config import load_config
+
+    deployment = served["deployments"]["compare/smoke"]
+    assert deployment.parameters["n_labels"] == [load_config("smoke").classify.n_labels]
+    assert deployment.parameter_openapi_schema["properties"]["n_labels"]["type"] == "array"
 
 
 def test_run_from_deployment_completes_with_artifacts(served, client, tmp_path):
@@ -119,6 +143,8 @@ def test_invalid_parameters_are_rejected_by_the_server(served, client):
 
     with pytest.raises(PrefectHTTPStatusError):
         client.create_flow_run_from_deployment(served["deployment"].id, parameters={"preset": "huge"})
+    with pytest.raises(PrefectHTTPStatusError):  # ulmfit/smoke runs the smoke preset only
+        client.create_flow_run_from_deployment(served["deployment"].id, parameters={"preset": "cpu"})
 
 
 def test_serve_starts_its_own_server_and_stops_on_ctrl_c(tmp_path):
