@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="open the Prefect UI and serve the flows as deployments (Ctrl-C stops)")
     serve.add_argument("--port", type=int, default=4200, help="port of the local server (0 = any free port; default 4200)")
     serve.add_argument("--limit", type=int, default=1, help="at most this many flow runs at once (default 1: runs queue)")
+    deploy = sub.add_parser("deploy", help="register the flows (one deployment per preset) with a Prefect work "
+                            "pool on the server at PREFECT_API_URL, for workers on other machines")
+    deploy.add_argument("--pool", required=True, help="work pool name (create it first: prefect work-pool create "
+                        "NAME --type process)")
     return parser
 
 
@@ -194,13 +198,19 @@ def _cmd_serve(args) -> int:
     return serve(port=args.port, limit=args.limit)
 
 
+def _cmd_deploy(args) -> int:
+    from flows.serve import deploy
+
+    return deploy(args.pool)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for chatty in ("httpx", "httpcore"):  # one line per Prefect API call otherwise
         logging.getLogger(chatty).setLevel(logging.WARNING)
     commands = {"run": _cmd_run, "compare": _cmd_compare, "predict": _cmd_predict, "ensemble": _cmd_ensemble,
-                "stages": _cmd_stages, "serve": _cmd_serve}
+                "stages": _cmd_stages, "serve": _cmd_serve, "deploy": _cmd_deploy}
     try:
         return commands[args.command](args)
     except UlmfitError as err:

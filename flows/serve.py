@@ -162,6 +162,32 @@ def preset_deployment(flow, preset: str):
     return deployment
 
 
+def deploy(pool: str, names: list[str] | None = None) -> int:
+    """Register every served flow, one deployment per preset, with the work pool `pool` on the server
+    at PREFECT_API_URL. A worker started with `prefect worker start --pool POOL` on the machine that
+    should train (the package installed, ULMFIT_DATA_DIR set there) runs what the UI or the API starts."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    api_url = os.environ.get("PREFECT_API_URL")
+    if not api_url:
+        raise ServeError("ulmfit deploy registers deployments on a server that stays up: set PREFECT_API_URL "
+                         "(e.g. http://HOST:4200/api, a `prefect server start` or `ulmfit serve`)")
+    if not is_healthy(api_url):
+        raise ServeError(f"PREFECT_API_URL={api_url} does not answer on /health; start that server first")
+    with get_client(sync_client=True) as client:
+        try:
+            kind = client.read_work_pool(pool).type
+        except ObjectNotFound:
+            raise ServeError(f"work pool {pool!r} does not exist on {api_url}; create it: "
+                             f"prefect work-pool create {pool} --type process") from None
+    for deployment in deployments(names):
+        deployment.apply(work_pool_name=pool)
+        print(f"deployed {deployment.flow_name}/{deployment.name} to work pool {pool} ({kind})", flush=True)
+    print(f"Start a worker where the runs should execute: prefect worker start --pool {pool}", flush=True)
+    return 0
+
+
 def _raise_interrupt(*_args):
     raise KeyboardInterrupt
 
