@@ -209,3 +209,29 @@ def test_rank_error_becomes_one_line_user_error():
         _torchrun([sys.executable, "-c", script])
     with pytest.raises(RuntimeError, match="status 3"):
         _torchrun([sys.executable, "-c", "raise SystemExit(3)"])
+
+
+def test_two_nodes_match_the_two_process_run(runs, tmp_path):
+    """Issue 24: several nodes, not only several processes. Two torchrun "nodes" on loopback (`--nnodes 2`,
+    c10d rendezvous on 127.0.0.1, one process each, as docs/gpu.md tells a cluster user to start them)
+    train stage 1 as the flow's 2-process single-node run does: same files, same cache key, same weights."""
+    from flows.serve import free_port
+    from pipeline.store import stage_key
+
+    _, ddp, _, _ = runs
+    cfg = load_config("smoke", ["nproc=2"])
+    cfg_path, out = tmp_path / "cfg.json", tmp_path / "nodes" / "pretrain"
+    cfg_path.write_text(cfg.model_dump_json())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
+           f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_id=two-nodes", "-m", "pipeline.launch", "pretrain",
+           "--config", str(cfg_path), "--out", str(out), "--cache-key", stage_key("pretrain", cfg, None)]
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    assert sum(f"distributed: rank {r} of 2 (gloo)" in o for o in outputs for r in (0, 1)) == 2
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (ddp / "pretrain").iterdir())
+    assert read_manifest(out)["cache_key"] == read_manifest(ddp / "pretrain")["cache_key"]
+    ours, single_node = load_model_file(out).state_dict, load_model_file(ddp / "pretrain").state_dict
+    assert ours.keys() == single_node.keys()
+    assert all(torch.allclose(ours[k].float(), single_node[k].float(), rtol=1e-4, atol=1e-6) for k in ours)
