@@ -40,7 +40,10 @@ class Backbone:
     lm_callbacks: Callable[[int, object, int], list] = field(default=lambda vocab_sz, specials, seed: [])
     classifier_callbacks: Callable[[], list] = field(default=lambda: [])
     max_seq_len: Callable[[dict], Optional[int]] = field(default=lambda arch: None)
-    load_checkpoint: Optional[Callable[[str], tuple]] = None  # local HF folder -> (LM, arch), for init_from
+    # init_from: (local folder, run config) -> (LM, arch, encoder); and a quick look at the folder for the
+    # pre-run check (the files are there and readable), without loading the weights
+    load_checkpoint: Optional[Callable[[object, object], tuple]] = None
+    check_checkpoint: Optional[Callable[[object], None]] = None
     compilable: bool = False  # torch.compile pays off (fastai's weight-dropped LSTM gains little and breaks graphs)
     cpu_bf16: bool = False  # precision=auto trains in bf16 on a CPU with native bf16 (measured: BENCHMARKS.md)
 
@@ -120,6 +123,57 @@ def _awd_lm_to_classifier(lm_state: dict) -> dict:
     return {f"0.module.{k[2:]}": v for k, v in lm_state.items() if k.startswith("0.")}
 
 
+def _awd_arch_from_state(state: dict, drop_mult: float) -> dict:
+    """The architecture a fastai AWD-LSTM state dict was trained with (the published one: 400/1152/3)."""
+    vocab_sz, emb_sz = state["0.encoder.weight"].shape
+    n_layers = len({key.split(".")[2] for key in state if key.startswith("0.rnns.")})
+    n_hid = state["0.rnns.0.weight_hh_l0_raw"].shape[1] if n_layers > 1 else emb_sz
+    return {"vocab_size": int(vocab_sz), "emb_sz": int(emb_sz), "n_hid": int(n_hid), "n_layers": n_layers,
+            "drop_mult": drop_mult}
+
+
+def _awd_load_checkpoint(folder, cfg) -> tuple:
+    """A fastai AWD-LSTM folder (the model zoo's *.pth + *.pkl; pipeline.zoo reads them safely), loaded
+    by parameter name after fastai's own `clean_raw_keys` (older files also hold the dropped-out copies)."""
+    from fastai.text.all import clean_raw_keys
+
+    from pipeline.errors import ArtifactError
+    from pipeline.text import WordEncoder
+    from pipeline.zoo import load_fastai_lm
+
+    state, vocab, weights = load_fastai_lm(folder)
+    try:
+        arch = _awd_arch_from_state(state, cfg.model.drop_mult)
+        model = _awd_lm(arch)
+        model.load_state_dict(clean_raw_keys(dict(state)), strict=True)
+    except (KeyError, RuntimeError) as err:
+        raise ArtifactError(f"{weights}: not a fastai AWD-LSTM language model's state dict "
+                            f"({str(err).splitlines()[0]})") from None
+    return model, arch, WordEncoder(vocab, cfg.tokenizer.lang, cfg.cache_dir, cfg.tokenizer.n_workers)
+
+
+def _awd_check_checkpoint(folder) -> None:
+    from pipeline.zoo import fastai_files, read_vocab_pickle
+
+    read_vocab_pickle(fastai_files(folder)[1])
+
+
+def _hf_checkpoint(load: Callable) -> Callable:
+    def load_checkpoint(folder, cfg) -> tuple:
+        from pipeline.text import encoder_from_checkpoint
+
+        encoder = encoder_from_checkpoint(folder)
+        model, arch = load(folder)
+        return model, arch, encoder
+    return load_checkpoint
+
+
+def _hf_check_checkpoint(folder) -> None:
+    from pipeline.text import encoder_from_checkpoint
+
+    encoder_from_checkpoint(folder)  # the folder and its tokenizer.json are there
+
+
 def _rnn_callbacks(*_args) -> list:
     from fastai.text.all import rnn_cbs
 
@@ -159,6 +213,8 @@ register(Backbone(
     classifier_head=lambda model: model[1].layers,  # PoolingLinearClassifier: concat pooling, then these
     lm_callbacks=_rnn_callbacks,
     classifier_callbacks=_rnn_callbacks,
+    load_checkpoint=_awd_load_checkpoint,
+    check_checkpoint=_awd_check_checkpoint,
     cpu_bf16=True,  # 1.34x the fp32 tokens/s at +0.99 % validation loss after 30 steps (native bf16, BENCHMARKS.md)
 ))
 
@@ -177,7 +233,8 @@ register(Backbone(
     next_token_logits=hf.causal_next,
     classifier_head=hf.classifier_head,
     max_seq_len=hf.max_positions,
-    load_checkpoint=hf.load_causal_lm,
+    load_checkpoint=_hf_checkpoint(hf.load_causal_lm),
+    check_checkpoint=_hf_check_checkpoint,
     compilable=True,
     cpu_bf16=True,  # 1.66x the fp32 tokens/s at +0.15 % validation loss (native bf16, BENCHMARKS.md)
 ))
@@ -199,7 +256,8 @@ register(Backbone(
     classifier_head=hf.classifier_head,
     lm_callbacks=_masked_lm_callbacks,
     max_seq_len=hf.max_positions,
-    load_checkpoint=hf.load_masked_lm,
+    load_checkpoint=_hf_checkpoint(hf.load_masked_lm),
+    check_checkpoint=_hf_check_checkpoint,
     compilable=True,
     cpu_bf16=True,  # 1.42x the fp32 tokens/s at -0.13 % validation loss (native bf16, BENCHMARKS.md)
 ))

@@ -114,7 +114,7 @@ class PretrainConfig(_LMStage):
     valid_split: str | None = Field(VALID_AUTO, description="Split for validation perplexity. \"auto\": the corpus's \"valid\" split where the data folder has it, else max_valid_docs held-out training articles (fast.ai's WikiText archives have no valid split); a split name: that split, an error if missing; None: always hold out training articles. metrics.json's valid_source says which was used.")
     epochs: int = Field(10, ge=0, description="Training epochs; 0 keeps the random initialisation (the 'no pretraining' ablation).")
     lr: float = Field(5e-3, gt=0, le=MAX_LR, description="Peak learning rate.")
-    init_from: str | None = Field(None, description="Local directory of a Hugging Face checkpoint (config.json, weights, tokenizer.json) that seeds stage 1 for a transformer backbone; its tokenizer replaces tokenizer.kind. With epochs=0, stage 1 is skipped (only evaluated). Never downloaded.")
+    init_from: str | None = Field(None, description="Seed stage 1 with published weights: a registered model (wt103-fwd: fastai's WikiText-103 AWD-LSTM, downloaded once; model.direction=backward takes wt103-bwd), a local folder of fastai's model-zoo files (*.pth + *.pkl) for awd_lstm, or a local Hugging Face checkpoint folder (config.json, weights, tokenizer.json) for gpt/bert. The checkpoint's architecture and vocabulary replace the preset's. With epochs=0, stage 1 trains nothing and only evaluates.")
 
 
 class AdaptConfig(_LMStage):

@@ -25,15 +25,18 @@ from tqdm import tqdm
 from pipeline.errors import DataError
 
 DEFAULT_BASE = "https://s3.amazonaws.com/fast-ai-nlp"
+MIRRORED_BASES = (DEFAULT_BASE, "https://s3.amazonaws.com/fast-ai-modelzoo")  # datasets; published models
 CHUNK = 1 << 20
 TIMEOUT_S = 60
 
 
 def archive_url(url: str) -> str:
-    """The registry URL, with the fast.ai base replaced by $ULMFIT_MIRROR when set."""
+    """The registry URL, with fast.ai's bucket (datasets or model zoo) replaced by $ULMFIT_MIRROR when
+    set: a mirror holds both buckets' archives side by side (their names do not collide)."""
     mirror = os.environ.get("ULMFIT_MIRROR")
-    if mirror and url.startswith(DEFAULT_BASE):
-        return mirror.rstrip("/") + url[len(DEFAULT_BASE):]
+    for base in MIRRORED_BASES if mirror else ():
+        if url.startswith(base):
+            return mirror.rstrip("/") + url[len(base):]
     return url
 
 

@@ -36,6 +36,20 @@ class Specials:
 WORD_SPECIALS = Specials(UNK, PAD, BOS, MASK, len(SPECIAL_TOKENS))
 
 
+def word_specials(itos: list[str]) -> Specials:
+    """The special ids of a word vocabulary, found by name: ours puts SPECIAL_TOKENS first, a published
+    one (fastai's WikiText-103) may order them otherwise and has no xxmask."""
+    if itos[:len(SPECIAL_TOKENS)] == SPECIAL_TOKENS:
+        return WORD_SPECIALS
+    head = 0
+    while head < len(itos) and itos[head].startswith("xx") and head < 2 * len(SPECIAL_TOKENS):
+        head += 1
+    index = {token: i for i, token in enumerate(itos[:head])}
+    if index.get("xxunk") != UNK or "xxpad" not in index:  # unknown words are numericalized to UNK
+        raise ArtifactError(f"a word vocabulary must start with xxunk and hold xxpad; it starts {itos[:5]}")
+    return Specials(UNK, index["xxpad"], index.get("xxbos"), index.get("xxmask"), head)
+
+
 class WordEncoder:
     """spaCy words; the vocabulary (itos) is built per stage from that stage's corpus."""
 
@@ -43,7 +57,7 @@ class WordEncoder:
 
     def __init__(self, itos: list[str], lang: str = "en", cache_dir=None, n_workers: int = 0):
         self.itos, self.lang, self.n_workers = list(itos), lang, n_workers
-        self.cache_dir, self.specials = default_cache_dir(cache_dir), WORD_SPECIALS
+        self.cache_dir, self.specials = default_cache_dir(cache_dir), word_specials(self.itos)
 
     def encode(self, texts: list[str], name: str = "texts", cache: bool = True) -> list[np.ndarray]:
         if len(texts) < CACHE_MIN_DOCS or not cache:  # prompts, predictions: not worth a cache entry

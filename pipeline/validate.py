@@ -24,9 +24,10 @@ from pathlib import Path
 from pipeline.artifacts import foreign_checkpoints, partial_dir, refuse_foreign
 from pipeline.config import RunConfig
 from pipeline.data import is_registered, resolve_data_dir
+from pipeline.zoo import is_published
 from pipeline.errors import ConfigError, RunDirError, UlmfitError
 from pipeline.locking import LOCK_NAME
-from pipeline.ensemble import run_folders
+from pipeline.ensemble import chains, run_folders
 
 _PASSED: set[str] = set()
 
@@ -85,12 +86,24 @@ def _writable(folder: Path) -> bool:
 def check_settings(cfg: RunConfig) -> None:
     _check_device(cfg.device)
     if cfg.pretrain.init_from is not None:
-        from pipeline.text import encoder_from_checkpoint
-
-        encoder_from_checkpoint(cfg.pretrain.init_from)  # the folder and its tokenizer.json are there
+        _check_checkpoint(cfg)
     if cfg.tokenizer.kind == "spacy" and cfg.pretrain.init_from is None:
         _check_spacy_language(cfg.tokenizer.lang)
     _probe_models(cfg)
+
+
+def _check_checkpoint(cfg: RunConfig) -> None:
+    """init_from: the published model downloaded (or the local folder found), its files readable."""
+    from pipeline.backbones import get_backbone
+    from pipeline.direction import single_direction
+    from pipeline.zoo import checkpoint_folder
+
+    backbone = get_backbone(cfg.model.backbone)
+    if backbone.check_checkpoint is None:
+        raise ConfigError(f"pretrain.init_from: the {backbone.name} backbone cannot load checkpoints")
+    for _, chain_cfg in chains(cfg):  # both directions: the forward model and its backward twin
+        direction = single_direction(chain_cfg.model.direction)
+        backbone.check_checkpoint(checkpoint_folder(cfg.pretrain.init_from, direction, cfg.cache_dir))
 
 
 def _check_device(device: str) -> None:
@@ -187,7 +200,7 @@ def _memo_key(what: str, depends_on: list, cfg: RunConfig) -> str:
     paths = [cfg.adapt.corpus, cfg.classify.corpus, cfg.classify.test_corpus, cfg.pretrain.init_from]
     stamps = {}
     for raw in filter(None, paths):
-        if is_registered(raw):
+        if is_registered(raw) or is_published(raw):
             continue
         path = Path(raw).expanduser()
         files = sorted(path.rglob("*")) if path.is_dir() else [path]

@@ -152,7 +152,8 @@ def _tiny_checkpoint(folder, name):
 @pytest.mark.parametrize("name", ["gpt", "bert"])
 def test_init_from_loads_a_local_checkpoint_and_its_tokenizer(tmp_path, name):
     model, encoder = _tiny_checkpoint(tmp_path, name)
-    loaded, arch = get_backbone(name).load_checkpoint(str(tmp_path))
+    loaded, arch, tok = get_backbone(name).load_checkpoint(tmp_path, load_config("smoke"))
+    assert tok.itos == encoder.itos
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     assert arch["vocab_size"] == len(encoder.itos)
@@ -164,7 +165,7 @@ def test_init_from_rejects_folders_that_are_not_checkpoints(tmp_path):
     with pytest.raises(ArtifactError, match="tokenizer.json"):
         encoder_from_checkpoint(tmp_path)
     with pytest.raises(ArtifactError, match="init_from"):
-        get_backbone("gpt").load_checkpoint(str(tmp_path))
+        get_backbone("gpt").load_checkpoint(tmp_path, load_config("smoke"))
 
 
 def test_every_backbone_is_registered():
@@ -193,11 +194,11 @@ def test_init_from_seeds_or_skips_stage_one(tmp_path, name, data_dir):
     assert adapted.metrics["vocab_size"] == len(encoder.itos)  # the checkpoint's tokenizer is kept
 
 
-def test_init_from_is_refused_for_the_lstm(tmp_path, data_dir):
-    from pipeline.errors import ConfigError
+def test_init_from_for_the_lstm_wants_fastai_files(tmp_path, data_dir):
+    """The AWD-LSTM starts from fastai's model-zoo files (tests/test_zoo.py); any other folder is one error."""
     from pipeline.stages import pretrain
     from pipeline.stages.context import make_context
 
     cfg = load_config("smoke", [f"pretrain.init_from={tmp_path}"])
-    with pytest.raises(ConfigError, match="awd_lstm"):
+    with pytest.raises(ArtifactError, match=r"one state dict \(\*.pth\)"):
         pretrain.run(make_context("pretrain", cfg, tmp_path / "pretrain"))

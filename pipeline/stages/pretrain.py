@@ -13,8 +13,9 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.lm import SAMPLE_PROMPTS, final_scores, generate, lm_data, lm_learner
 from pipeline.stages.context import StageContext, StageResult
 from pipeline.stages.lm_stage import sample_rows, write_lm_stage
-from pipeline.text import encoder_from_checkpoint, fit_encoder
+from pipeline.text import fit_encoder
 from pipeline.training import EpochLog, count_params, fit, pick_device, seed_everything
+from pipeline.zoo import checkpoint_folder, describe
 
 log = logging.getLogger("ulmfit")
 # Held-out training articles and the valid split are different articles, and our vocabulary and
@@ -70,9 +71,9 @@ def initial_model(cfg: RunConfig, backbone: Backbone, train_texts: list[str]):
         arch = backbone.make_arch(len(encoder.itos), cfg.model, encoder.specials)
         return encoder, arch, backbone.build_lm(arch)
     if backbone.load_checkpoint is None:
-        raise ConfigError(f"pretrain.init_from: the {backbone.name} backbone cannot load Hugging Face checkpoints")
-    encoder = encoder_from_checkpoint(pc.init_from)
-    model, arch = backbone.load_checkpoint(pc.init_from)
+        raise ConfigError(f"pretrain.init_from: the {backbone.name} backbone cannot load checkpoints")
+    folder = checkpoint_folder(pc.init_from, single_direction(cfg.model.direction), cfg.cache_dir)
+    model, arch, encoder = backbone.load_checkpoint(folder, cfg)
     if len(encoder.itos) > arch["vocab_size"]:
         raise ConfigError(f"init_from {pc.init_from}: tokenizer has {len(encoder.itos)} tokens but the model "
                           f"only {arch['vocab_size']} embeddings")
@@ -104,7 +105,7 @@ def run(ctx: StageContext) -> StageResult:
                "valid_source": valid_source(cfg, len(valid_texts)),
                "backbone": backbone.name, "direction": direction, "objective": backbone.objective,
                "tokenizer": encoder.state()["kind"],
-               "init_from": pc.init_from,
+               "init_from": pc.init_from, "init_source": describe(pc.init_from, direction),
                "train_seconds": train_secs,
                "train_tokens_per_sec": pc.epochs * data.n_train_tokens / max(train_secs, 1e-9),
                "wall_seconds": time.perf_counter() - start, "device": str(device), "precision": precision}
@@ -113,7 +114,8 @@ def run(ctx: StageContext) -> StageResult:
     result = write_lm_stage(
         ctx, learn, backbone, encoder, arch, metrics, recorder, samples, "Stage 1: pretrained language model",
         f"{backbone.name} ({backbone.objective} LM) trained on {pc.corpus} ({len(data.train)} documents), "
-        f"{'starting from ' + pc.init_from if pc.init_from else 'from scratch'}. Validation perplexity on "
+        f"{'starting from ' + describe(pc.init_from, direction) if pc.init_from else 'from scratch'}. "
+        "Validation perplexity on "
         f"{metrics['valid_source']}: {PERPLEXITY_CAVEAT}", "Stage 1: pretraining")
     log.info("pretrain: valid perplexity %.1f, accuracy %.3f", scores["perplexity"], scores["accuracy"])
     return result
