@@ -17,6 +17,7 @@ import time
 import torch
 from fastai.callback.core import Callback
 
+from pipeline.accel import resolve_precision
 from pipeline.backbones import get_backbone
 from pipeline.config import load_config
 from pipeline.lm import LMData, lm_learner
@@ -47,7 +48,7 @@ class BatchClock(Callback):
             torch.cuda.synchronize()
 
 
-def measure(preset: str, backbone_name: str, n_batches: int, overrides: list[str]) -> dict:
+def measure(preset: str, backbone_name: str, n_batches: int, overrides: list[str], precision: str = "fp32") -> dict:
     cfg = load_config(preset, [f"model.backbone={backbone_name}", *overrides])
     pc, device = cfg.pretrain, pick_device(cfg.device)
     seed_everything(cfg.seed)
@@ -58,14 +59,16 @@ def measure(preset: str, backbone_name: str, n_batches: int, overrides: list[str
     # one epoch of exactly n_batches: bs rows of n_batches * bptt (+1 for the shifted target)
     stream = torch.randint(WORD_SPECIALS.n_reserved, vocab, (pc.bs * (n_batches * pc.bptt + 1),))
     data = LMData(list(stream.split(5000)), list(stream[: pc.bs * (pc.bptt + 1)].split(5000)))
-    learn = lm_learner(backbone, model, arch, data, pc.bs, pc.bptt, pc.wd, device, WORD_SPECIALS, cfg.seed)
+    precision = resolve_precision(precision, backbone, device)  # "auto": what a run picks on this device
+    learn = lm_learner(backbone, model, arch, data, pc.bs, pc.bptt, pc.wd, device, WORD_SPECIALS, cfg.seed,
+                       precision=precision)
     clock = BatchClock()
     learn.add_cb(clock)
     fit(learn, 1, pc.lr, pc.schedule, "bench", EpochLog("bench"))
     timed = clock.times[WARMUP:]
     tokens_per_sec = len(timed) * pc.bs * pc.bptt / sum(timed)
     params = count_params(model)
-    return {"backbone": backbone_name, "preset": preset, "device": str(device), "params": params,
+    return {"backbone": backbone_name, "preset": preset, "device": str(device), "precision": precision, "params": params,
             "vocab": vocab, "bs": pc.bs, "bptt": pc.bptt, "timed_batches": len(timed),
             "tokens_per_sec": round(tokens_per_sec, 1),
             "model_gflops_per_sec": round(6 * params * tokens_per_sec / 1e9, 2)}
@@ -77,8 +80,9 @@ def main() -> None:
     parser.add_argument("--backbones", default="awd_lstm,gpt,bert")
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--precision", default="fp32", help="fp32 (default), bf16, or auto (a run's choice here)")
     args = parser.parse_args()
-    rows = [measure(args.preset, b, args.batches, args.overrides) for b in args.backbones.split(",")]
+    rows = [measure(args.preset, b, args.batches, args.overrides, args.precision) for b in args.backbones.split(",")]
     for row in rows:
         print(json.dumps(row))
     print("\n| backbone | params | bs x bptt | tokens/s | model GFLOP/s (6N) |\n| --- | --- | --- | --- | --- |")
