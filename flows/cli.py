@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="open the Prefect UI and serve the flows as deployments (Ctrl-C stops)")
     serve.add_argument("--port", type=int, default=4200, help="port of the local server (0 = any free port; default 4200)")
     serve.add_argument("--limit", type=int, default=1, help="at most this many flow runs at once (default 1: runs queue)")
+    export = sub.add_parser("export", help="a trained model out in a standard format: --format hf (the gpt / bert "
+                            "language model for transformers' Auto classes)")
+    export.add_argument("run", help="run directory")
+    export.add_argument("--format", required=True, choices=["hf"], help="hf: config.json, model.safetensors, tokenizer")
+    export.add_argument("--out", required=True, help="a new (or empty) folder")
     deploy = sub.add_parser("deploy", help="register the flows (one deployment per preset) with a Prefect work "
                             "pool on the server at PREFECT_API_URL, for workers on other machines")
     deploy.add_argument("--pool", required=True, help="work pool name (create it first: prefect work-pool create "
@@ -198,6 +203,14 @@ def _cmd_serve(args) -> int:
     return serve(port=args.port, limit=args.limit)
 
 
+def _cmd_export(args) -> int:
+    from pipeline.export import export
+
+    out = export(args.run, args.format, args.out)
+    print(f"exported {args.run} as {args.format} to {out}")
+    return 0
+
+
 def _cmd_deploy(args) -> int:
     from flows.serve import deploy
 
@@ -210,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     for chatty in ("httpx", "httpcore"):  # one line per Prefect API call otherwise
         logging.getLogger(chatty).setLevel(logging.WARNING)
     commands = {"run": _cmd_run, "compare": _cmd_compare, "predict": _cmd_predict, "ensemble": _cmd_ensemble,
-                "stages": _cmd_stages, "serve": _cmd_serve, "deploy": _cmd_deploy}
+                "stages": _cmd_stages, "serve": _cmd_serve, "deploy": _cmd_deploy,
+                "export": _cmd_export}
     try:
         return commands[args.command](args)
     except UlmfitError as err:

@@ -44,6 +44,7 @@ class Backbone:
     # pre-run check (the files are there and readable), without loading the weights
     load_checkpoint: Optional[Callable[[object, object], tuple]] = None
     check_checkpoint: Optional[Callable[[object], None]] = None
+    save_pretrained: Optional[Callable[[nn.Module, object, object], None]] = None  # (LM, encoder, folder): export
     compilable: bool = False  # torch.compile pays off (fastai's weight-dropped LSTM gains little and breaks graphs)
     cpu_bf16: bool = False  # precision=auto trains in bf16 on a CPU with native bf16 (measured: BENCHMARKS.md)
 
@@ -235,6 +236,7 @@ register(Backbone(
     max_seq_len=hf.max_positions,
     load_checkpoint=_hf_checkpoint(hf.load_causal_lm),
     check_checkpoint=_hf_check_checkpoint,
+    save_pretrained=hf.save_pretrained,
     compilable=True,
     cpu_bf16=True,  # 1.66x the fp32 tokens/s at +0.15 % validation loss (native bf16, BENCHMARKS.md)
 ))
@@ -258,6 +260,7 @@ register(Backbone(
     max_seq_len=hf.max_positions,
     load_checkpoint=_hf_checkpoint(hf.load_masked_lm),
     check_checkpoint=_hf_check_checkpoint,
+    save_pretrained=hf.save_pretrained,
     compilable=True,
     cpu_bf16=True,  # 1.42x the fp32 tokens/s at -0.13 % validation loss (native bf16, BENCHMARKS.md)
 ))

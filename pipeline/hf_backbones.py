@@ -125,6 +125,22 @@ def load_masked_lm(path) -> tuple[nn.Module, dict]:
     return _load_local("AutoModelForMaskedLM", path)
 
 
+def save_pretrained(model: HFLanguageModel, encoder, folder) -> None:
+    """The model and its tokenizer as transformers' Auto classes load them, with no code of ours
+    (`ulmfit export --format hf`). The tokenizer puts the bos token first, as the stages' encoder does."""
+    from tokenizers import Tokenizer, processors
+
+    model.hf.save_pretrained(str(folder), safe_serialization=True)
+    tok, sp, itos = Tokenizer.from_str(encoder.tokenizer.to_str()), encoder.specials, encoder.itos
+    if sp.bos is not None:
+        tok.post_processor = processors.TemplateProcessing(single=f"{itos[sp.bos]} $A",
+                                                           special_tokens=[(itos[sp.bos], sp.bos)])
+    named = {"unk_token": sp.unk, "pad_token": sp.pad, "bos_token": sp.bos, "mask_token": sp.mask}
+    fast = _transformers().PreTrainedTokenizerFast(
+        tokenizer_object=tok, **{key: itos[i] for key, i in named.items() if i is not None})
+    fast.save_pretrained(str(folder))
+
+
 def max_positions(arch: dict) -> int | None:
     """Longest input of an architecture (a config dict; GPT-2 names it n_positions)."""
     return arch.get("n_positions") or arch.get("max_position_embeddings")
