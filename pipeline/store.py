@@ -82,9 +82,10 @@ def restore(folder: Path, key: str, cfg: RunConfig) -> bool:
         if not is_complete(entry, key):
             keep(folder, key, cfg)  # a later run folder with these settings can have it too
         return True
-    _report_damage(folder, key, cfg)
+    reported = _report_damage(folder, key, cfg)
     if not is_complete(entry, key):
-        _report_damage(entry, key, cfg)
+        if not reported:  # a run folder's damaged file is the entry's too when they share it: one line
+            _report_damage(entry, key, cfg)
         return False
     try:
         _link_folder(entry, folder)
@@ -132,15 +133,16 @@ def damaged_files(folder: Path, key: str) -> list[str]:
         return []
 
 
-def _report_damage(folder: Path, key: str, cfg: RunConfig) -> None:
-    """One warning line where a folder that should hold `key` has lost or changed a file."""
+def _report_damage(folder: Path, key: str, cfg: RunConfig) -> bool:
+    """One warning line where a folder that should hold `key` has lost or changed a file; True if so."""
     damaged = damaged_files(folder, key)
     if not damaged:
-        return
+        return False
     path = folder / damaged[0]
     sharing = _sharing(cfg, key, path, folder)
     also = f"; the same damaged file (a hard link) is in {', '.join(sharing)}" if sharing else ""
     log.warning("%s: damaged (sha256 does not match %s), so not used%s", path, MANIFEST, also)
+    return True
 
 
 def _sharing(cfg: RunConfig, key: str, path: Path, folder: Path) -> list[str]:

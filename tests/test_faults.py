@@ -160,3 +160,6 @@ def test_a_damaged_store_entry_is_reported_with_the_folders_sharing_it(tmp_path,
     warning = " ".join(r.getMessage() for r in caplog.records)
     assert f"{model}: damaged (sha256 does not match manifest.json), so not used" in warning
     assert str(first) in warning and str(second) in warning
+    caplog.clear()
+    assert not restore(first, key, cfg)  # a run folder sharing the file: one line, not one per copy
+    assert len([r for r in caplog.records if "damaged" in r.getMessage()]) == 1

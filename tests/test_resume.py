@@ -21,15 +21,19 @@ EPOCHS = 4
 ARGS = ["run", "--preset", "smoke", "--set", f"pretrain.epochs={EPOCHS}", "--set", "pretrain.max_docs=40"]
 
 
-def start(run_dir, prefect_home, **popen):
+def start(run_dir, prefect_home, cache_dir=None, **popen):
     env = {**os.environ, "PREFECT_HOME": str(prefect_home), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    if cache_dir is not None:
+        env["ULMFIT_CACHE_DIR"] = str(cache_dir)
     return subprocess.Popen([sys.executable, "-m", "flows.cli", *ARGS, "--out", str(run_dir)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
 @pytest.mark.slow
 def test_kill_9_mid_training_then_resume(tmp_path, data_dir):
-    reference = start(tmp_path / "reference", tmp_path / "prefect-ref")  # side by side, another run dir
+    # Side by side, in another run dir and with its own stage store: on a shared store the victim would wait
+    # for the reference's stages (one computation per key) and never train.
+    reference = start(tmp_path / "reference", tmp_path / "prefect-ref", tmp_path / "cache-ref")
     run_dir = tmp_path / "killed"
     victim = start(run_dir, tmp_path / "prefect", start_new_session=True)
     checkpoint = partial_dir(run_dir / "pretrain") / "pretrain.pt"
