@@ -29,7 +29,7 @@ PRESET_PURPOSE = {
 
 
 def description(flow: Any, preset: str) -> str:
-    first = (flow.description or "").strip().splitlines()[0] if flow.description else flow.name
+    first = flow.description.strip().splitlines()[0] if flow.description else flow.name
     purpose = PRESET_PURPOSE.get(preset, "")
     return f"Preset `{preset}`" + (f": {purpose}." if purpose else ".") + f" {first}"
 

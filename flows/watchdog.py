@@ -18,8 +18,9 @@ import os
 import signal
 import sys
 import threading
-import urllib.request
 from typing import Iterator
+
+from flows.serve import is_healthy  # /health within 5 s: generous, a busy 2-core machine answers slowly
 
 POLL_SECONDS = 2.0
 MISSES = 3
@@ -41,13 +42,6 @@ def lost_message(url: str) -> str:
             "one) and run the same command to resume")
 
 
-def answers(url: str, timeout: float = 5.0) -> bool:  # generous: a busy 2-core machine answers slowly
-    try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
 
 class ApiWatchdog(threading.Thread):
     def __init__(self, url: str, poll: float = POLL_SECONDS, misses: int = MISSES, grace: float = GRACE_SECONDS):
@@ -58,7 +52,7 @@ class ApiWatchdog(threading.Thread):
     def run(self) -> None:
         missed = 0
         while not self.stopped.wait(self.poll):
-            missed = 0 if answers(self.url) else missed + 1
+            missed = 0 if is_healthy(self.url.rstrip("/")) else missed + 1
             if missed >= self.misses:
                 os.kill(os.getpid(), signal.SIGUSR1)  # the handler raises ServerLost in the main thread
                 if not self.stopped.wait(self.grace):  # still stuck in Prefect's retries

@@ -167,7 +167,7 @@ def sha256_file(path: Path) -> str:
 _HASHED: dict[tuple, str] = {}
 
 
-def _cached_sha256(path: Path) -> str:
+def cached_sha256(path: Path) -> str:
     st = path.stat()
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)  # a hard link to a hashed file is not read again
     if key not in _HASHED:
@@ -188,7 +188,7 @@ def verify_folder(folder: Path, names: list[str] | None = None) -> dict:
             raise ArtifactError(f"{path}: not listed in {MANIFEST}; the stage folder is incomplete")
         if not path.is_file():
             raise ArtifactError(f"{path}: missing; the stage folder is incomplete")
-        if _cached_sha256(path) != files[name]:
+        if cached_sha256(path) != files[name]:
             raise ArtifactError(f"{path}: corrupted or truncated (sha256 does not match {MANIFEST}); "
                                 "rerun the stage to recompute it")
     return manifest

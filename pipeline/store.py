@@ -28,7 +28,7 @@ import os
 import shutil
 from pathlib import Path
 
-from pipeline.artifacts import MANIFEST, atomic_dir, is_complete, model_fingerprint, read_manifest, sha256_file
+from pipeline.artifacts import MANIFEST, atomic_dir, cached_sha256, is_complete, model_fingerprint, read_manifest
 from pipeline.config import RunConfig, stage_config
 from pipeline.data import resolve_data_dir
 from pipeline.errors import ArtifactError
@@ -128,7 +128,7 @@ def damaged_files(folder: Path, key: str) -> list[str]:
         manifest = read_manifest(folder)
         files = manifest["files"] if manifest.get("cache_key") == key else {}
         return [name for name, digest in sorted(files.items())
-                if not (folder / name).is_file() or sha256_file(folder / name) != digest]
+                if not (folder / name).is_file() or cached_sha256(folder / name) != digest]
     except (ArtifactError, OSError, AttributeError, KeyError, TypeError):
         return []
 

@@ -24,10 +24,10 @@ from pathlib import Path
 from pipeline.artifacts import foreign_checkpoints, partial_dir, refuse_foreign
 from pipeline.config import RunConfig
 from pipeline.data import is_registered, resolve_data_dir
-from pipeline.zoo import is_published
 from pipeline.errors import ConfigError, RunDirError, UlmfitError
 from pipeline.locking import LOCK_NAME
 from pipeline.ensemble import chains, run_folders
+from pipeline.zoo import is_published
 
 _PASSED: set[str] = set()
 

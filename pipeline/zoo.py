@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import pickle
 import tomllib
+from functools import lru_cache
 from pathlib import Path
 
 from pipeline.errors import ArtifactError, ConfigError
@@ -24,6 +25,7 @@ from pipeline.errors import ArtifactError, ConfigError
 MODELS_PATH = Path(__file__).parent / "models.toml"  # inside the package: found from any install
 
 
+@lru_cache(maxsize=1)
 def registry() -> dict[str, dict]:
     with open(MODELS_PATH, "rb") as fh:
         return tomllib.load(fh)["models"]

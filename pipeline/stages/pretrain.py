@@ -114,7 +114,7 @@ def run(ctx: StageContext) -> StageResult:
     result = write_lm_stage(
         ctx, learn, backbone, encoder, arch, metrics, recorder, samples, "Stage 1: pretrained language model",
         f"{backbone.name} ({backbone.objective} LM) trained on {pc.corpus} ({len(data.train)} documents), "
-        f"{'starting from ' + describe(pc.init_from, direction) if pc.init_from else 'from scratch'}. "
+        f"{'starting from ' + metrics['init_source'] if pc.init_from else 'from scratch'}. "
         "Validation perplexity on "
         f"{metrics['valid_source']}: {PERPLEXITY_CAVEAT}", "Stage 1: pretraining")
     log.info("pretrain: valid perplexity %.1f, accuracy %.3f", scores["perplexity"], scores["accuracy"])
