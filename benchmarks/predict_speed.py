@@ -1,65 +1,95 @@
-"""Reviews/s of `ulmfit predict`: one review at a time (the old path) vs batched (the current one).
+"""Reviews/s of `ulmfit predict` against the same classifier exported to ONNX (`ulmfit export --format
+onnx`) and scored by onnxruntime through the export's own score.py, side by side on the same reviews.
 
-Both sides score the same IMDb test reviews with the same classifier (`pipeline.predict.Classifier`),
-so the only difference is the batching: one `probs([text])` call per review, against one `probs(texts)`
-call per TEXTS_PER_STEP reviews (what `predict_stream` does). Short and long reviews are timed
-separately, since the batched loader's gain depends on how much padding it saves. The two sides must
-give the same probabilities (checked, to bf16/fp32 rounding): batching changes speed, not results.
+usage: python -m benchmarks.predict_speed [RUN ...] [--backbones awd_lstm,gpt,bert] [--n 500]
 
-usage: python -m benchmarks.predict_speed RUN [--n 200] [--short-chars 600] [--long-chars 3000]
-       (RUN: a run folder with a finished classify stage, e.g. runs/cpu)
+RUN: run folders with a finished classify stage (predict uses the run's `precision`). Without RUN, one
+throwaway run per backbone is trained in fp32 at the `cpu` preset's model sizes, tokenizer and
+max_tokens on a tiny slice: speed does not depend on what the weights learned. Both sides score the
+same IMDb test reviews end to end (texts in, probabilities out, tokenization included) after a warm-up,
+one side at a time; the tokenizer alone is timed too, since both sides run the same one. Labels must
+agree, and the largest probability difference is printed.
+
+(An earlier version compared one review per call with batched calls: 7.8x (short reviews) and 3.6x
+(long) for batching, identical probabilities; BENCHMARKS.md keeps that table.)
 """
 from __future__ import annotations
 
 import argparse
+import sys
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from pipeline.accel import cpu_model
 from pipeline.data import load_corpus
-from pipeline.predict import TEXTS_PER_STEP, Classifier
+from pipeline.predict import Classifier, predict_stream
+
+TINY_CHAIN = ["pretrain.max_docs=4", "pretrain.max_valid_docs=2", "adapt.max_docs=40", "adapt.max_valid_docs=10",
+              "classify.n_labels=60", "classify.n_valid=20", "classify.n_test=60", "classify.epochs_per_phase=[1]",
+              "classify.lrs=[1e-2]", "classify.min_steps=null", "precision=fp32"]
 
 
-def pick_reviews(n: int, short_chars: int, long_chars: int) -> dict[str, list[str]]:
-    texts = load_corpus("imdb", "test")["text"]
-    lengths = texts.str.len()
-    return {f"short (< {short_chars} chars)": texts[lengths < short_chars].head(n).tolist(),
-            f"long (> {long_chars} chars)": texts[lengths > long_chars].head(n).tolist()}
+def throwaway_run(backbone: str, folder: Path) -> Path:
+    from pipeline.config import load_config
+    from pipeline.stages.context import make_context
+    from pipeline.stages.registry import run_stage
+
+    cfg = load_config("cpu", [f"model.backbone={backbone}", *TINY_CHAIN])
+    upstream = None
+    for stage in ("pretrain", "adapt", "classify"):
+        upstream = run_stage(make_context(stage, cfg, folder / stage, upstream)).path
+    return folder
 
 
-def one_at_a_time(clf: Classifier, texts: list[str]) -> torch.Tensor:
-    return torch.cat([clf.probs([t]) for t in texts])
-
-
-def batched(clf: Classifier, texts: list[str]) -> torch.Tensor:
-    return torch.cat([clf.probs(texts[i:i + TEXTS_PER_STEP]) for i in range(0, len(texts), TEXTS_PER_STEP)])
-
-
-def timed(fn, clf: Classifier, texts: list[str]) -> tuple[float, torch.Tensor]:
+def rate(fn, texts: list[str]) -> tuple[float, object]:
+    fn(texts[:8])  # warm-up: model load, first-call allocations
     start = time.perf_counter()
-    probs = fn(clf, texts)
-    return len(texts) / (time.perf_counter() - start), probs
+    result = fn(texts)
+    return len(texts) / (time.perf_counter() - start), result
+
+
+def compare(run: Path, texts: list[str], folder: Path) -> str:
+    from flows.cli import main as ulmfit
+
+    out = folder / f"onnx-{run.name}"
+    assert ulmfit(["export", str(run), "--format", "onnx", "--out", str(out)]) == 0
+    sys.path.insert(0, str(out))
+    from score import Scorer  # the export's own script
+    sys.path.remove(str(out))
+    sys.modules.pop("score")
+
+    clf = Classifier(run)
+    tokenize_rate, _ = rate(lambda batch: clf.encoder.encode(batch, cache=False), texts)
+    ours_rate, ours = rate(lambda batch: list(predict_stream(run, batch)), texts)
+    onnx_rate, theirs = rate(Scorer(out).probs, texts)
+    same = [label for _, label, _ in ours] == [Scorer(out).classes[k] for k in theirs.argmax(axis=1)]
+    diff = float(np.abs(np.array([p for _, _, p in ours]) - theirs.max(axis=1)).max())
+    name = clf.model_file.backbone
+    return (f"| {name} | {clf.encoder.state()['kind']} | {clf.precision} | {tokenize_rate:.0f} | {ours_rate:.1f} "
+            f"| {onnx_rate:.1f} | {onnx_rate / ours_rate:.2f}x | {'yes' if same else 'NO'} | {diff:.1e} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run")
-    parser.add_argument("--n", type=int, default=200, help="reviews per length class")
-    parser.add_argument("--short-chars", type=int, default=600)
-    parser.add_argument("--long-chars", type=int, default=3000)
+    parser.add_argument("runs", nargs="*", type=Path)
+    parser.add_argument("--backbones", default="awd_lstm,gpt,bert", help="throwaway runs (without RUN)")
+    parser.add_argument("--n", type=int, default=500, help="IMDb test reviews")
     args = parser.parse_args()
-    clf = Classifier(args.run)
-    clf.probs(["A warm-up review, so start-up costs are not timed."])
-    print(f"classifier: {clf.model_file.config['model']['backbone']}, precision {clf.precision}, "
-          f"max_tokens {clf.cc.max_tokens}, {torch.get_num_threads()} threads\n")
-    print("| reviews | n | one at a time (reviews/s) | batched (reviews/s) | speed-up | max prob. difference |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name, texts in pick_reviews(args.n, args.short_chars, args.long_chars).items():
-        single_rate, single_probs = timed(one_at_a_time, clf, texts)
-        batch_rate, batch_probs = timed(batched, clf, texts)
-        diff = float((single_probs - batch_probs).abs().max())
-        print(f"| {name} | {len(texts)} | {single_rate:.1f} | {batch_rate:.1f} | {batch_rate / single_rate:.1f}x "
-              f"| {diff:.1e} |")
+    texts = load_corpus("imdb", "test")["text"].sample(args.n, random_state=0).tolist()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        runs = args.runs or [throwaway_run(b, folder / b) for b in args.backbones.split(",")]
+        print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.n} IMDb test "
+              f"reviews, end to end (texts in, probabilities out)\n")
+        print("| backbone | tokenizer | predict precision | tokenizer alone (reviews/s) | `ulmfit predict` (reviews/s) "
+              "| onnxruntime (reviews/s) | onnx / predict | same labels | max prob. difference |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for run in runs:
+            print(compare(run, texts, folder), flush=True)
 
 
 if __name__ == "__main__":

@@ -58,9 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=4200, help="port of the local server (0 = any free port; default 4200)")
     serve.add_argument("--limit", type=int, default=1, help="at most this many flow runs at once (default 1: runs queue)")
     export = sub.add_parser("export", help="a trained model out in a standard format: --format hf (the gpt / bert "
-                            "language model for transformers' Auto classes)")
-    export.add_argument("run", help="run directory")
-    export.add_argument("--format", required=True, choices=["hf"], help="hf: config.json, model.safetensors, tokenizer")
+                            "language model for transformers' Auto classes), --format onnx (the classifier, "
+                            "for onnxruntime)")
+    export.add_argument("run", help="run directory (onnx: or its classify folder)")
+    export.add_argument("--format", required=True, choices=["hf", "onnx"],
+                        help="hf: config.json, model.safetensors, tokenizer; onnx: model.onnx, tokenizer, "
+                        "config.json, score.py and a README")
     export.add_argument("--out", required=True, help="a new (or empty) folder")
     deploy = sub.add_parser("deploy", help="register the flows (one deployment per preset) with a Prefect work "
                             "pool on the server at PREFECT_API_URL, for workers on other machines")

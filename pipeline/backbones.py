@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from pipeline import hf_backbones as hf
+from pipeline import scorers
 from pipeline.config import ClassifyConfig, ModelConfig, SizeSection
 from pipeline.errors import ConfigError
 
@@ -45,6 +46,9 @@ class Backbone:
     load_checkpoint: Optional[Callable[[object, object], tuple]] = None
     check_checkpoint: Optional[Callable[[object], None]] = None
     save_pretrained: Optional[Callable[[nn.Module, object, object], None]] = None  # (LM, encoder, folder): export
+    # (trained classifier, its classify config, specials) -> the same classifier as one graph, ids in,
+    # probabilities out (pipeline/scorers.py): what `ulmfit export --format onnx` writes
+    scorer: Optional[Callable[[nn.Module, ClassifyConfig, object], nn.Module]] = None
     compilable: bool = False  # torch.compile pays off (fastai's weight-dropped LSTM gains little and breaks graphs)
     cpu_bf16: bool = False  # precision=auto trains in bf16 on a CPU with native bf16 (measured: BENCHMARKS.md)
 
@@ -216,6 +220,7 @@ register(Backbone(
     classifier_callbacks=_rnn_callbacks,
     load_checkpoint=_awd_load_checkpoint,
     check_checkpoint=_awd_check_checkpoint,
+    scorer=scorers.awd_lstm_scorer,
     cpu_bf16=True,  # 1.34x the fp32 tokens/s at +0.99 % validation loss after 30 steps (native bf16, BENCHMARKS.md)
 ))
 
@@ -237,6 +242,7 @@ register(Backbone(
     load_checkpoint=_hf_checkpoint(hf.load_causal_lm),
     check_checkpoint=_hf_check_checkpoint,
     save_pretrained=hf.save_pretrained,
+    scorer=scorers.transformer_scorer,
     compilable=True,
     cpu_bf16=True,  # 1.66x the fp32 tokens/s at +0.15 % validation loss (native bf16, BENCHMARKS.md)
 ))
@@ -261,6 +267,7 @@ register(Backbone(
     load_checkpoint=_hf_checkpoint(hf.load_masked_lm),
     check_checkpoint=_hf_check_checkpoint,
     save_pretrained=hf.save_pretrained,
+    scorer=scorers.transformer_scorer,
     compilable=True,
     cpu_bf16=True,  # 1.42x the fp32 tokens/s at -0.13 % validation loss (native bf16, BENCHMARKS.md)
 ))

@@ -41,6 +41,16 @@ def classifier_dir(run: str | Path) -> Path:
     return folder
 
 
+def trained_classifier(folder: Path) -> tuple:
+    """(model file, classify config, encoder, backbone, trained model) of a verified classify folder."""
+    mf = load_model_file(folder, expect_kind="classifier")
+    cc = ClassifyConfig(**mf.config["classify"])
+    encoder = encoder_from_state(mf.tokenizer, mf.vocab)
+    backbone, model = build_model(mf, len(mf.classes), cc, encoder.specials, load_encoder=False)
+    model.load_state_dict(mf.state_dict)
+    return mf, cc, encoder, backbone, model.eval()
+
+
 class Classifier:
     """A run's classifier, ready to score texts: the model, its classes, encoder and batching."""
 
@@ -50,13 +60,10 @@ class Classifier:
         from pipeline.accel import resolve_precision
         from pipeline.training import make_learner, pick_device
 
-        self.model_file = mf = load_model_file(classifier_dir(run), expect_kind="classifier")
-        self.cc = ClassifyConfig(**mf.config["classify"])
+        self.model_file, self.cc, self.encoder, backbone, model = trained_classifier(classifier_dir(run))
+        mf = self.model_file
         self.classes = list(mf.classes)
-        self.encoder = encoder_from_state(mf.tokenizer, mf.vocab)
         self.direction = model_direction(mf.config)
-        backbone, model = build_model(mf, len(self.classes), self.cc, self.encoder.specials, load_encoder=False)
-        model.load_state_dict(mf.state_dict)
         self.device = pick_device("auto")
         # the arithmetic the stage's evaluation used (its `precision` setting, resolved for this device)
         self.precision = precision = resolve_precision(mf.config.get("precision", "fp32"), backbone, self.device)

@@ -144,3 +144,62 @@ def test_a_diverged_loss_stops_training_with_one_line():
     message = str(err.value)
     assert "\n" not in message and "phase1: the training loss became" in message and "lower it" in message
     assert "epoch 1" in message
+
+
+def _reviews(lengths: list[int], vocab_sz: int = 40) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.cat([torch.tensor([2]), torch.randint(WORD_SPECIALS.n_reserved, vocab_sz, (n - 1,), generator=g)])
+            for n in lengths]
+
+
+def _batched(docs: list[torch.Tensor], cc: ClassifyConfig) -> torch.Tensor:
+    """One batch of `docs` as the classify stage batches them (longest first)."""
+    from pipeline.stages.classify import loader
+
+    batches = list(loader([(doc, torch.tensor(0)) for doc in docs], cc, False, "cpu", WORD_SPECIALS.pad, bs=len(docs)))
+    return batches[0][0].as_subclass(torch.Tensor)
+
+
+def _class_probs(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(ids)
+    return torch.softmax(out[0] if isinstance(out, tuple) else out, dim=-1)
+
+
+# a batch whose second-shortest review ends before the last chunk that the shortest one's tail reaches:
+# fastai pads to the longest review only, and its SentenceEncoder then cut that tail (fastai issue 3379)
+LENGTHS = [130, 101, 99, 85, 3]
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_a_review_scores_the_same_alone_and_in_a_batch(name):
+    cc = ClassifyConfig(bptt=20, max_len=50)  # the pooling window cuts the longer reviews
+    torch.manual_seed(0)
+    model = get_backbone(name).build_classifier(tiny_arch(name), 2, cc, WORD_SPECIALS).eval()
+    docs = _reviews(LENGTHS)
+    in_batch = _class_probs(model, _batched(docs, cc))
+    for row, doc in enumerate(docs):  # the batch keeps the loader's longest-first order, as LENGTHS is
+        torch.testing.assert_close(in_batch[row], _class_probs(model, _batched([doc], cc))[0], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("max_len", [50, 1000])
+def test_the_export_scorer_gives_the_classifiers_probabilities(name, max_len):
+    """pipeline.scorers (the graph `ulmfit export --format onnx` writes) on the stage's batches, and on
+    the same reviews padded at the end, as an ONNX user pads them."""
+    cc = ClassifyConfig(bptt=20, max_len=max_len)
+    torch.manual_seed(0)
+    backbone = get_backbone(name)
+    model = backbone.build_classifier(tiny_arch(name), 2, cc, WORD_SPECIALS).eval()
+    for module in model.modules():  # BatchNorm statistics that are not the identity
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+    scorer = backbone.scorer(model, cc, WORD_SPECIALS).eval()
+    docs = _reviews(LENGTHS)
+    batch = _batched(docs, cc)
+    expected = _class_probs(model, batch)
+    padded_at_end = torch.nn.utils.rnn.pad_sequence(docs, batch_first=True, padding_value=WORD_SPECIALS.pad)
+    with torch.no_grad():
+        torch.testing.assert_close(scorer(batch), expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(scorer(padded_at_end), expected, atol=1e-6, rtol=0)

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from fastai.data.core import DataLoaders
 from fastai.metrics import accuracy
-from fastai.text.data import SortedDL, pad_input_chunk
+from fastai.text.data import SortedDL, pad_chunk
 
 from pipeline import distributed
 from pipeline.accel import resolve_precision, wants_compile
@@ -72,7 +72,22 @@ def loader(items: list[tuple], cc: ClassifyConfig, shuffle: bool, device, pad_id
     # num_workers=0: fastai defaults to forked workers, which die inside Prefect's task threads.
     return SortedDL(items, res=[len(x) for x, _ in items], bs=bs or cc.bs, shuffle=shuffle, device=device,
                     num_workers=0, pin_memory=torch.device(device).type == "cuda",
-                    before_batch=partial(pad_input_chunk, pad_idx=pad_id, seq_len=cc.bptt))
+                    before_batch=partial(pad_to_chunks, pad_id=pad_id, chunk_len=cc.bptt))
+
+
+def pad_to_chunks(samples: list[tuple], pad_id: int, chunk_len: int) -> list[tuple]:
+    """fastai's `pad_input_chunk` layout (whole chunks of padding in front, the rest at the end) with the
+    batch length rounded up to whole chunks, so that every review's last chunk is the batch's last.
+
+    fastai pads to the longest review only. Its SentenceEncoder reads each chunk's rows as a prefix of
+    the batch (the rows whose chunk starts with a token), so a review whose tail sits in a last chunk
+    that a shorter one's end padding opens was cut: its last tokens got zero states, which the pooling
+    counted (fastai issue 3379). Rounded up, each review ends in the last chunk, and the padding after
+    it, (-length) % chunk_len, depends on the review alone: a review scores the same in any batch."""
+    longest = max(len(sample[0]) for sample in samples)
+    pad_len = -(-longest // chunk_len) * chunk_len
+    return [(pad_chunk(sample[0], pad_idx=pad_id, seq_len=chunk_len, pad_len=pad_len), *sample[1:])
+            for sample in samples]
 
 
 def build_model(mf: ModelFile, n_class: int, cc: ClassifyConfig, specials, load_encoder: bool = True):
