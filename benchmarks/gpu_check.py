@@ -21,8 +21,8 @@ import torch
 from benchmarks.throughput import measure
 from pipeline.artifacts import read_metrics
 from pipeline.backbones import REGISTRY
+from pipeline.stages.registry import REGISTRY as STAGES
 
-HEADLINES = {"pretrain": "valid_perplexity", "adapt": "held_out_perplexity_after", "classify": "test_accuracy"}
 
 
 def throughput_rows(batches: int) -> list[dict]:
@@ -42,7 +42,8 @@ def end_to_end(out: Path) -> dict:
     cmd = [sys.executable, "-m", "flows.cli", "run", "--preset", "cpu", "--out", str(out), "--set", "device=cuda"]
     subprocess.run(cmd, check=True)
     summary = {"wall_seconds": round(time.perf_counter() - start, 1)}
-    for stage, key in HEADLINES.items():
+    for stage, entry in STAGES.items():  # each registered stage's headline metric
+        key = entry.headline[0]
         metrics = read_metrics(out / stage)
         summary[stage] = {key: metrics[key], "wall_seconds": round(metrics["wall_seconds"], 1),
                           "precision": metrics.get("precision")}

@@ -53,6 +53,26 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, data_dir):
+    """One finished `ulmfit run --preset smoke`, trained once per session (with a cache dir of its own),
+    for the tests that only read a run: predict, the notebooks. A test that needs to change a run or
+    to see stages computed trains its own. Every stage folder must still match its manifest at the end."""
+    from flows.cli import main
+    from pipeline.artifacts import verify_folder
+
+    path = tmp_path_factory.mktemp("smoke-run") / "run"
+    module_cache = os.environ["ULMFIT_CACHE_DIR"]
+    os.environ["ULMFIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("smoke-run-cache"))
+    try:
+        assert main(["run", "--preset", "smoke", "--out", str(path)]) == 0
+    finally:
+        os.environ["ULMFIT_CACHE_DIR"] = module_cache
+    yield path
+    for stage in ("pretrain", "adapt", "classify"):
+        verify_folder(path / stage)  # raises if a reader wrote into the shared run
+
+
+@pytest.fixture(scope="session")
 def smoke_cfg():
     from pipeline.config import load_config
 

@@ -1,7 +1,5 @@
 """Every notebook runs top to bottom against a real smoke run, and is committed without outputs."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,15 +7,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 STAGE_NOTEBOOKS = ["1_pretrain.ipynb", "2_adapt.ipynb", "3_classify.ipynb", "4_compare.ipynb"]
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, data_dir):
-    run_dir = tmp_path_factory.mktemp("nb") / "smoke"
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--preset", "smoke", "--out", str(run_dir)],
-                          capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    return run_dir
 
 
 def execute(name: str, run_dir: Path, monkeypatch):

@@ -25,10 +25,8 @@ from tests.cli_errors import one_error
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, data_dir):
-    path = tmp_path_factory.mktemp("predict") / "run"
-    assert main(["run", "--preset", "smoke", "--out", str(path)]) == 0
-    return path
+def run_dir(smoke_run):
+    return smoke_run  # the session's shared smoke run: these tests only read it
 
 
 @pytest.fixture(scope="module")
