@@ -69,16 +69,18 @@ def test_the_exported_model_loads_in_transformers_and_gives_our_logits(lm_run, t
         assert generated.shape[1] == prompt["input_ids"].shape[1] + 5
 
 
-def test_export_refuses_bad_inputs(lm_run, tmp_path, capsys):
-    _, run = lm_run
+def refuses_bad_inputs(run, fmt: str, model_stage: str, no_stage: str, tmp_path, capsys) -> None:
+    """One error line each, nothing written: an --out that is not empty (its file kept), a run
+    without the stage the format exports, a truncated model.pt."""
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    export = ["export", str(run), "--format", "hf", "--out"]
+    export = ["export", str(run), "--format", fmt, "--out"]
     assert "exists and is not an empty folder" in one_error(capsys, [*export, str(tmp_path / "full")])
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
-    assert "no finished lm stage" in one_error(capsys, ["export", str(tmp_path / "nothing"), "--format", "hf",
-                                                        "--out", str(tmp_path / "o")])
-    model = run / "adapt" / "model.pt"
+    (tmp_path / "lm-only" / "pretrain").mkdir(parents=True)
+    assert no_stage in one_error(capsys, ["export", str(tmp_path / "lm-only"), "--format", fmt,
+                                          "--out", str(tmp_path / "o")])
+    model = run / model_stage / "model.pt"
     original = model.read_bytes()
     try:
         model.write_bytes(original[:-10])
@@ -86,6 +88,10 @@ def test_export_refuses_bad_inputs(lm_run, tmp_path, capsys):
     finally:
         model.write_bytes(original)
     assert not (tmp_path / "o").exists()
+
+
+def test_export_refuses_bad_inputs(lm_run, tmp_path, capsys):
+    refuses_bad_inputs(lm_run[1], "hf", "adapt", "no finished lm stage", tmp_path, capsys)
 
 
 def test_an_lstm_has_no_transformers_export(tmp_path, data_dir, capsys):
@@ -189,20 +195,4 @@ def test_score_py_cuts_and_orients_as_the_stage_does(direction, truncation):
 
 
 def test_onnx_export_refuses_bad_inputs(onnx_export, tmp_path, capsys):
-    run, _ = onnx_export
-    (tmp_path / "full").mkdir()
-    (tmp_path / "full" / "keep.txt").write_text("mine")
-    export = ["export", str(run), "--format", "onnx", "--out"]
-    assert "exists and is not an empty folder" in one_error(capsys, [*export, str(tmp_path / "full")])
-    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
-    (tmp_path / "lm-only" / "pretrain").mkdir(parents=True)
-    assert "no complete classify stage" in one_error(capsys, ["export", str(tmp_path / "lm-only"), "--format", "onnx",
-                                                             "--out", str(tmp_path / "o")])
-    model = run / "classify" / "model.pt"
-    original = model.read_bytes()
-    try:
-        model.write_bytes(original[:-10])
-        assert "model.pt: corrupted or truncated" in one_error(capsys, [*export, str(tmp_path / "o")])
-    finally:
-        model.write_bytes(original)
-    assert not (tmp_path / "o").exists()
+    refuses_bad_inputs(onnx_export[0], "onnx", "classify", "no complete classify stage", tmp_path, capsys)
