@@ -22,7 +22,8 @@ from flows.params import (AdaptSettings, BackboneName, ClassifySettings, Preset,
 from flows.reporting import report_stage, stage_progress
 from pipeline.artifacts import partial_dir, read_metrics, remove_checkpoints
 from pipeline.config import RunConfig, load_config
-from pipeline.ensemble import ENSEMBLE, chain_folders, chains, classifier_stage, ensure
+from pipeline.ensemble import ENSEMBLE, chain_folders, chains, ensure
+from pipeline.stages.registry import classifier_stage
 from pipeline.locking import run_dir_lock
 from pipeline.stages.registry import REGISTRY, depends_on
 from pipeline.store import computing, keep, restore, stage_key

@@ -29,7 +29,7 @@ from pipeline.cards import confusion_table, markdown_table, metric_table
 from pipeline.config import RunConfig
 from pipeline.errors import ArtifactError
 from pipeline.scores import PREDICTIONS_FILE, predictions_table, prob_columns, read_predictions, table_bytes
-from pipeline.stages.registry import REGISTRY, code_version, stage_folders
+from pipeline.stages.registry import REGISTRY, classifier_stage, code_version, stage_folders
 from pipeline.store import keep, restore
 
 ENSEMBLE = "ensemble"  # its folder in a run directory, and its name in the run summary
@@ -60,12 +60,6 @@ def run_folders(cfg: RunConfig, run_dir: str | Path) -> list[Path]:
     """Every folder a run of `cfg` writes in `run_dir`: each chain's stage folders, and the ensemble's."""
     folders = [f for suffix, _ in chains(cfg) for f in chain_folders(run_dir, suffix).values()]
     return folders + ([Path(run_dir).expanduser().resolve() / ENSEMBLE] if len(chains(cfg)) > 1 else [])
-
-
-def classifier_stage() -> str:
-    """The registered stage that trains the classifier: the first one whose model is a classifier
-    (a later one, such as an export, only builds on it)."""
-    return next(name for name, stage in REGISTRY.items() if stage.model_kind == "classifier")
 
 
 def classifier_folder(path: str | Path) -> Path:

@@ -25,7 +25,7 @@ import torch
 
 from pipeline.artifacts import ModelFile, is_complete, load_model_file, read_metrics
 from pipeline.errors import ArtifactError
-from pipeline.stages.registry import REGISTRY, stage_names
+from pipeline.stages.registry import REGISTRY, classifier_stage, stage_names
 
 STAGES = stage_names()
 LM_STAGES = tuple(name for name, stage in REGISTRY.items() if stage.model_kind == "lm")
@@ -217,7 +217,7 @@ def test_sample(run_dir: str | Path) -> pd.DataFrame:
     from pipeline.config import ClassifyConfig
     from pipeline.stages.classify_data import splits_at
 
-    model = load_model(run_dir, "classify")
+    model = load_model(run_dir, classifier_stage())
     cc = ClassifyConfig(**model.config["classify"])
     return splits_at(cc, Path(model.data_dir), model.samples, model.classes).test.reset_index(drop=True)
 
@@ -247,7 +247,7 @@ def calibration_table(predictions: pd.DataFrame, bins: int = 5) -> pd.DataFrame:
 
 def confusion_matrix(run_dir: str | Path) -> pd.DataFrame:
     """The test confusion matrix recorded by the classify stage (rows = true, columns = predicted)."""
-    metrics = read_metrics(stage_dir(run_dir, "classify"))
+    metrics = read_metrics(stage_dir(run_dir, classifier_stage()))
     classes = metrics["classes"]
     return pd.DataFrame(metrics["confusion_matrix"], index=pd.Index(classes, name="true"),
                         columns=pd.Index(classes, name="predicted"))

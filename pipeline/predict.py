@@ -22,20 +22,22 @@ from pipeline.data import MAX_DOC_CHARS, load_corpus
 from pipeline.direction import model_direction
 from pipeline.errors import ArtifactError, DataError
 from pipeline.stages.classify import build_model, class_probs, encode_texts, loader
+from pipeline.stages.registry import classifier_stage
 from pipeline.text import encoder_from_state
 
 TEXTS_PER_STEP = 256  # texts tokenized and classified together; results stream out step by step
 
 
 def classifier_dir(run: str | Path) -> Path:
-    """The classify stage folder of a run directory (or the folder itself), verified against its manifest."""
+    """The classifier stage's folder of a run directory (or the folder itself), verified against its manifest."""
     run = Path(run).expanduser()
     if not run.exists():
         raise ArtifactError(f"{run}: no such run directory")
-    is_stage = (run / MANIFEST).exists() or (run.name == "classify" and not (run / "classify").is_dir())
-    folder = run if is_stage else run / "classify"
+    stage = classifier_stage()
+    is_stage = (run / MANIFEST).exists() or (run.name == stage and not (run / stage).is_dir())
+    folder = run if is_stage else run / stage
     if not (folder / MANIFEST).exists():
-        raise ArtifactError(f"{run}: no complete classify stage here (expected {folder / MANIFEST}); "
+        raise ArtifactError(f"{run}: no complete {stage} stage here (expected {folder / MANIFEST}); "
                             "run `ulmfit run` first")
     verify_folder(folder)  # a damaged file is named, in one line
     return folder

@@ -74,6 +74,12 @@ def stage_names() -> tuple[str, ...]:
     return tuple(REGISTRY)
 
 
+def classifier_stage() -> str:
+    """The registered stage that trains the classifier: the first one whose model is a classifier
+    (a later one, such as an export, only builds on it)."""
+    return next(name for name, stage in REGISTRY.items() if stage.model_kind == "classifier")
+
+
 def stage_folders(run_dir: str | Path) -> dict[str, Path]:
     """stage name -> its folder in a run directory (a folder per stage, named after it)."""
     run = Path(run_dir).expanduser().resolve()
