@@ -24,7 +24,6 @@ from pipeline.backbones import REGISTRY
 from pipeline.stages.registry import REGISTRY as STAGES
 
 
-
 def throughput_rows(batches: int) -> list[dict]:
     rows = []
     for preset in ("cpu", "full"):

@@ -65,8 +65,9 @@ def compare(run: Path, texts: list[str], folder: Path) -> str:
     clf = Classifier(run)
     tokenize_rate, _ = rate(lambda batch: clf.encoder.encode(batch, cache=False), texts)
     ours_rate, ours = rate(lambda batch: list(predict_stream(run, batch)), texts)
-    onnx_rate, theirs = rate(Scorer(out).probs, texts)
-    same = [label for _, label, _ in ours] == [Scorer(out).classes[k] for k in theirs.argmax(axis=1)]
+    scorer = Scorer(out)
+    onnx_rate, theirs = rate(scorer.probs, texts)
+    same = [label for _, label, _ in ours] == [scorer.classes[k] for k in theirs.argmax(axis=1)]
     diff = float(np.abs(np.array([p for _, _, p in ours]) - theirs.max(axis=1)).max())
     name = clf.model_file.backbone
     return (f"| {name} | {clf.encoder.state()['kind']} | {clf.precision} | {tokenize_rate:.0f} | {ours_rate:.1f} "

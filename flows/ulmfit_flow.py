@@ -23,9 +23,8 @@ from flows.reporting import report_stage, stage_progress
 from pipeline.artifacts import partial_dir, read_metrics, remove_checkpoints
 from pipeline.config import RunConfig, load_config
 from pipeline.ensemble import ENSEMBLE, chain_folders, chains, ensure
-from pipeline.stages.registry import classifier_stage
 from pipeline.locking import run_dir_lock
-from pipeline.stages.registry import REGISTRY, depends_on
+from pipeline.stages.registry import REGISTRY, classifier_stage, depends_on
 from pipeline.store import computing, keep, restore, stage_key
 from pipeline.validate import check_run
 

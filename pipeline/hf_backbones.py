@@ -201,18 +201,20 @@ class TransformerClassifier(nn.Module):
                                   LinBnDrop(50, n_class, p=0.1 * drop_mult))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        ids = plain(ids)
-        bs, length = ids.shape
-        extra = -length % self.chunk_len
-        if extra:
-            ids = torch.cat([ids, ids.new_full((bs, extra), self.pad_id)], dim=1)
-        chunks = ids.view(-1, self.chunk_len)
-        real = chunks != self.pad_id
+        bs = ids.shape[0]
+        chunks, real = chunked(plain(ids), self.chunk_len, self.pad_id)
         keep = real.any(dim=1)
         states = self.encoder(input_ids=chunks[keep], attention_mask=real[keep].long()).last_hidden_state
         hidden = states.new_zeros(chunks.shape[0], self.chunk_len, states.shape[-1])
         hidden[keep] = states
-        return self.head(pool(hidden.view(bs, ids.shape[1], -1), real.view(bs, -1), self.pooling))
+        return self.head(pool(hidden.view(bs, -1, states.shape[-1]), real.view(bs, -1), self.pooling))
+
+
+def chunked(ids: torch.Tensor, chunk_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bs, T) ids -> (bs * n_chunks, chunk_len) chunks, padded at the end to whole chunks, and their
+    real-token mask; a review's chunks are consecutive rows."""
+    chunks = torch.nn.functional.pad(ids, (0, -ids.shape[1] % chunk_len), value=pad_id).reshape(-1, chunk_len)
+    return chunks, chunks != pad_id
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:

@@ -23,10 +23,9 @@ Dropouts are identity here (inference), and the AWD-LSTM's weight-dropped hidden
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pipeline.hf_backbones import pool
+from pipeline.hf_backbones import chunked, pool
 
 
 class AwdLstmScorer(nn.Module):
@@ -39,7 +38,7 @@ class AwdLstmScorer(nn.Module):
         self.head = classifier[1].layers
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        batch, length = ids.shape
+        length = ids.shape[1]
         real = ids != self.pad_id
         n_real = real.sum(dim=1)
         first = real.to(torch.int64).argmax(dim=1)  # the padding in front comes in whole chunks
@@ -54,7 +53,8 @@ class AwdLstmScorer(nn.Module):
         keep = positions[None] < n_real[:, None]
         if self.max_len is not None:
             keep = keep & (span - (positions[None] // self.bptt) * self.bptt <= self.max_len)
-        return torch.softmax(self.head(_concat_pool(states, keep, n_real - 1)), dim=-1)
+        # fastai's masked_concat_pool: [the last real token's state, max, mean over the kept tokens]
+        return torch.softmax(self.head(pool(states, keep, "concat")), dim=-1)
 
 
 def _plain_lstm(weight_dropped: nn.Module) -> nn.LSTM:
@@ -67,15 +67,6 @@ def _plain_lstm(weight_dropped: nn.Module) -> nn.LSTM:
     return plain
 
 
-def _concat_pool(states: torch.Tensor, keep: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-    """fastai's masked_concat_pool: [the last real token's state, max, mean over the kept tokens]."""
-    rows = torch.arange(states.shape[0], device=states.device)
-    mask = keep[..., None]
-    mean = (states * mask).sum(dim=1) / mask.sum(dim=1)
-    biggest = states.masked_fill(~mask, float("-inf")).max(dim=1).values
-    return torch.cat([states[rows, last], biggest, mean], dim=1)
-
-
 class TransformerScorer(nn.Module):
     def __init__(self, classifier: nn.Module):
         super().__init__()
@@ -84,9 +75,7 @@ class TransformerScorer(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         batch = ids.shape[0]
-        ids = F.pad(ids, (0, -ids.shape[1] % self.chunk_len), value=self.pad_id)
-        chunks = ids.reshape(-1, self.chunk_len)
-        real = chunks != self.pad_id
+        chunks, real = chunked(ids, self.chunk_len, self.pad_id)
         attend = real | ~real.any(dim=1, keepdim=True)  # an all-padding chunk attends to all: finite, pooled out
         states = self.encoder(input_ids=chunks, attention_mask=attend.to(torch.int64)).last_hidden_state
         hidden = states.reshape(batch, -1, states.shape[-1])

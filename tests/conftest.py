@@ -59,6 +59,7 @@ def smoke_run(tmp_path_factory, data_dir):
     to see stages computed trains its own. Every stage folder must still match its manifest at the end."""
     from flows.cli import main
     from pipeline.artifacts import verify_folder
+    from pipeline.stages.registry import stage_folders
 
     path = tmp_path_factory.mktemp("smoke-run") / "run"
     module_cache = os.environ["ULMFIT_CACHE_DIR"]
@@ -68,8 +69,8 @@ def smoke_run(tmp_path_factory, data_dir):
     finally:
         os.environ["ULMFIT_CACHE_DIR"] = module_cache
     yield path
-    for stage in ("pretrain", "adapt", "classify"):
-        verify_folder(path / stage)  # raises if a reader wrote into the shared run
+    for folder in stage_folders(path).values():
+        verify_folder(folder)  # raises if a reader wrote into the shared run
 
 
 @pytest.fixture(scope="session")
