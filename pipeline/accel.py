@@ -133,6 +133,18 @@ def mixed_precision(learn, device: torch.device, precision: str):
     return learn
 
 
+def inference_autocast(device: torch.device, precision: str):
+    """The autocast context a Learner prepared by `mixed_precision` runs its forward pass in, for
+    code that calls the model outside the Learner (the head's probe start reads the features the
+    classifier will see)."""
+    import contextlib
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def wants_compile(compile_flag: bool, backbone, device: torch.device) -> bool:
     """torch.compile only on request, on CUDA, for backbones whose registry entry says it helps."""
     return compile_flag and device.type == "cuda" and backbone.compilable

@@ -18,8 +18,8 @@ import numpy as np
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # inverse regularisation strengths tried on validation
 
 
-def tuned_logistic_regression(x_train, y_train, x_valid, y_valid, x_test, y_test, standardize: bool) -> dict:
-    """Pick C on validation accuracy, then report test accuracy with that C (ties: the smaller C)."""
+def fit_tuned_logistic_regression(x_train, y_train, x_valid, y_valid, standardize: bool) -> tuple:
+    """(the model refitted with the C of best validation accuracy (ties: the smaller C), its scores)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -32,10 +32,15 @@ def tuned_logistic_regression(x_train, y_train, x_valid, y_valid, x_test, y_test
     for c in C_GRID:
         valid_acc[c] = float(model(c).fit(x_train, y_train).score(x_valid, y_valid))
     best = max(C_GRID, key=lambda c: (valid_acc[c], -c))
-    fitted = model(best).fit(x_train, y_train)
+    return model(best).fit(x_train, y_train), {"valid_accuracy": valid_acc[best], "C": best,
+                                               "valid_accuracy_by_C": {str(c): a for c, a in valid_acc.items()}}
+
+
+def tuned_logistic_regression(x_train, y_train, x_valid, y_valid, x_test, y_test, standardize: bool) -> dict:
+    """Pick C on validation accuracy, then report test accuracy with that C."""
+    fitted, scores = fit_tuned_logistic_regression(x_train, y_train, x_valid, y_valid, standardize)
     preds = fitted.predict(x_test)
-    return {"test_accuracy": float(np.mean(preds == y_test)), "valid_accuracy": valid_acc[best], "C": best,
-            "valid_accuracy_by_C": {str(c): a for c, a in valid_acc.items()}, "test_size": int(len(y_test))}
+    return {"test_accuracy": float(np.mean(preds == y_test)), **scores, "test_size": int(len(y_test))}
 
 
 def tfidf_baseline(train_texts: list[str], y_train, valid_texts: list[str], y_valid, test_texts: list[str],

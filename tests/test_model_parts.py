@@ -7,6 +7,7 @@ from pipeline.backbones import REGISTRY, AwdLstmConfig, get_backbone
 from pipeline.config import ClassifyConfig, ModelConfig
 from pipeline.hf_backbones import TransformerConfig
 from pipeline.errors import ConfigError
+from pipeline.heads import Standardize, use_head
 from pipeline.text import WORD_SPECIALS
 from pipeline.training import discriminative
 from pipeline.transfer import transfer_embeddings
@@ -62,6 +63,10 @@ def test_layer_groups_are_embeddings_blocks_head(name):
     backbone, arch = get_backbone(name), tiny_arch(name)
     clas = backbone.build_classifier(arch, 2, ClassifyConfig(bptt=10), WORD_SPECIALS)
     assert len(backbone.classifier_splitter(clas)) == 3 + 2
+    use_head(backbone.classifier_head(clas), "lp_ft", 2, 1.0)  # the linear head is the same last group
+    groups = backbone.classifier_splitter(clas)
+    assert len(groups) == 3 + 2 and sum(len(g) for g in groups) == len(list(clas.parameters()))
+    assert {id(p) for p in groups[-1]} >= {id(p) for p in backbone.classifier_head(clas).parameters()}
     lm = backbone.build_lm(arch)
     groups = backbone.lm_splitter(lm)
     assert len(groups) == 3 + 1
@@ -183,18 +188,22 @@ def test_a_review_scores_the_same_alone_and_in_a_batch(name):
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-@pytest.mark.parametrize("max_len", [50, 1000])
-def test_the_export_scorer_gives_the_classifiers_probabilities(name, max_len):
+@pytest.mark.parametrize("max_len, head", [(50, "ulmfit"), (1000, "ulmfit"), (50, "lp_ft")])
+def test_the_export_scorer_gives_the_classifiers_probabilities(name, max_len, head):
     """pipeline.scorers (the graph `ulmfit export --format onnx` writes) on the stage's batches, and on
-    the same reviews padded at the end, as an ONNX user pads them."""
-    cc = ClassifyConfig(bptt=20, max_len=max_len)
+    the same reviews padded at the end, as an ONNX user pads them; with either head."""
+    cc = ClassifyConfig(bptt=20, max_len=max_len, head=head)
     torch.manual_seed(0)
     backbone = get_backbone(name)
     model = backbone.build_classifier(tiny_arch(name), 2, cc, WORD_SPECIALS).eval()
-    for module in model.modules():  # BatchNorm statistics that are not the identity
+    use_head(backbone.classifier_head(model), head, 2, cc.drop_mult)
+    for module in model.modules():  # normalisation statistics that are not the identity
         if isinstance(module, torch.nn.BatchNorm1d):
             module.running_mean.normal_()
             module.running_var.uniform_(0.5, 2.0)
+        if isinstance(module, Standardize):
+            module.mean.normal_()
+            module.inv_sd.uniform_(0.5, 2.0)
     scorer = backbone.scorer(model, cc, WORD_SPECIALS).eval()
     docs = _reviews(LENGTHS)
     batch = _batched(docs, cc)

@@ -20,16 +20,17 @@ from fastai.metrics import accuracy
 from fastai.text.data import SortedDL, pad_chunk
 
 from pipeline import distributed
-from pipeline.accel import resolve_precision, wants_compile
+from pipeline.accel import inference_autocast, resolve_precision, wants_compile
 from pipeline.artifacts import ModelFile, cpu_state, load_model_file, write_stage
 from pipeline.backbones import get_backbone
-from pipeline.baseline import same_sample_baselines
+from pipeline.baseline import pooled_features, same_sample_baselines
 from pipeline.bn_stats import RecomputeBNStats
 from pipeline.cards import card, confusion_table, loss_plot
 from pipeline.config import ClassifyConfig, stage_config
 from pipeline.data import resolve_data_dir
 from pipeline.direction import check_upstream, orient, single_direction
 from pipeline.errors import ArtifactError
+from pipeline.heads import init_from_probe, use_head
 from pipeline.scores import PREDICTIONS_FILE, predictions_table, table_bytes
 from pipeline.stages.classify_data import LabeledSplits, load_splits
 from pipeline.stages.context import StageContext, StageResult
@@ -94,6 +95,7 @@ def build_model(mf: ModelFile, n_class: int, cc: ClassifyConfig, specials, load_
     """The classifier for `mf`'s architecture; with `load_encoder`, its encoder seeded from `mf`'s LM weights."""
     backbone = get_backbone(mf.backbone)
     model = backbone.build_classifier(mf.arch, n_class, cc, specials)
+    use_head(backbone.classifier_head(model), cc.head, n_class, cc.drop_mult)
     if load_encoder:
         wanted = backbone.lm_to_classifier(mf.state_dict)
         missing, unexpected = model.load_state_dict(wanted, strict=False)
@@ -152,6 +154,19 @@ def evaluate(learn, dl, classes: list[str]) -> dict:
             "probs": probs.float().numpy()}  # rows in the loader's item order (get_preds undoes the sorting)
 
 
+def start_from_probe(model, backbone, train: list, valid: list, cc: ClassifyConfig, device, pad: int,
+                     precision: str) -> dict:
+    """LP-FT: set the lp_ft head to the linear probe's solution on the frozen encoder's pooled features,
+    read in the arithmetic the classifier trains in (bf16 autocast changes features that vary by 1e-6)."""
+    with inference_autocast(device, precision):
+        x_train, y_train = pooled_features(model, backbone, loader(train, cc, False, device, pad))
+        x_valid, y_valid = pooled_features(model, backbone, loader(valid, cc, False, device, pad))
+    scores = init_from_probe(backbone.classifier_head(model), x_train, y_train, x_valid, y_valid)
+    log.info("classify: head started from the linear probe (C=%g): validation accuracy %.4f before fine-tuning",
+             scores["C"], scores["valid_accuracy"])
+    return {"head_start_valid_accuracy": scores["valid_accuracy"], "head_start_C": scores["C"]}
+
+
 def _summary(splits: LabeledSplits, cc: ClassifyConfig) -> str:
     return (f"Classifier on the adapted encoder: {len(splits.train)} labeled training examples "
             f"(balanced, from {cc.corpus}), {len(splits.valid)} held out for validation, evaluated on "
@@ -173,6 +188,7 @@ def run(ctx: StageContext) -> StageResult:
                           for s in ("train", "valid", "test"))
     device = pick_device(cfg.device)
     backbone, model = build_model(adapted, len(classes), cc, encoder.specials)
+    model.to(device)  # the baselines and the probe start call it before the Learner would move it
     precision = resolve_precision(cfg.precision, backbone, device)
     baselines = {}
     if cc.baselines:  # before fine-tuning: the probe reads the encoder as the LM stages left it
@@ -181,6 +197,7 @@ def run(ctx: StageContext) -> StageResult:
         baselines = same_sample_baselines(model, backbone, splits, batches)
         log.info("classify: on the same samples, TF-IDF + LR %.4f, linear probe %.4f (test accuracy)",
                  baselines["tfidf_test_accuracy"], baselines["probe_test_accuracy"])
+    start_head = start_from_probe(model, backbone, train, valid, cc, device, pad, precision) if cc.head == "lp_ft" else {}
     # Under DDP: this rank's share of the training examples and of the batch; every rank validates
     # and tests on the whole sets, so the metrics are the global ones.
     train_dl = loader(distributed.shard_items(train), cc, True, device, pad, distributed.per_rank_batch(cc.bs))
@@ -206,7 +223,7 @@ def run(ctx: StageContext) -> StageResult:
                "test_source": splits.test_source, "confusion_matrix": scores["confusion"], "classes": classes,
                "n_labels": len(train), "n_valid": len(valid), "epochs": int(sum(epochs)), "epochs_per_phase": epochs,
                "optimizer_steps": int(sum(epochs) * len(train_dl)), "seed": seed,
-               **baselines,
+               **baselines, **start_head,
                "params": count_params(model), "backbone": backbone.name, "direction": direction,
                "train_seconds": train_secs,
                "wall_seconds": time.perf_counter() - start, "device": str(device), "precision": precision}
