@@ -8,6 +8,9 @@ import os
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "ulmfit")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+# The stages' "ulmfit" log lines go to the API inside a flow run; called outside one (a notebook, a
+# benchmark, with PREFECT_API_URL set) they stay local instead of warning on every line.
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 # A server started for this project (`prefect server start`) listens on this machine only unless
 # the user sets PREFECT_SERVER_API_HOST. Prefect's temporary per-run server always binds 127.0.0.1.
 os.environ.setdefault("PREFECT_SERVER_API_HOST", "127.0.0.1")
