@@ -52,7 +52,7 @@ def _fitted_classifier(name: str, adapt_dir: str, out_dir, monkeypatch, schedule
     had a between-review SD of 1e-4 to 3e-6 around a mean of about 0.87)."""
     # fp32: the test isolates normalisation (under bf16 autocast gpt fitted these 120 reviews to 64 %, not >= 70 %)
     cfg = load_config("smoke", [f"model.backbone={name}", "precision=fp32", "classify.n_labels=120",
-                                "classify.n_test=40", "classify.drop_mult=0.1", *schedule])
+                                "classify.n_test=40", "classify.drop_mult=0.1", "classify.baselines=false", *schedule])
     seen, evaluate, build = {}, classify.evaluate, classify.build_model
 
     def keep_learner(learn, dl, classes):
@@ -120,11 +120,12 @@ def test_features_that_barely_vary_are_normalised_in_eval_as_in_training(name, l
 
 
 @pytest.mark.parametrize("name", BACKBONES)
-def test_features_at_the_collapsed_berts_scale_still_train_an_lp_ft_classifier(name, lm_dirs, tmp_path, monkeypatch):
-    """The pretrained bert's pooled features varied between reviews by ~3e-6 (RESULTS.md): under the
-    ULMFiT head's BatchNorm (SD floor 3.2e-3) every review looks the same and its classifier sat at
-    chance (this schedule: 50 % of its own training reviews, one class). The lp_ft head standardises
-    without that floor and starts from the probe, so it fits them."""
+def test_an_lp_ft_head_trains_on_features_that_vary_by_3e_6(name, lm_dirs, tmp_path, monkeypatch):
+    """The lp_ft head normalises without BatchNorm's floor: pooled features pressed to a between-review
+    SD of ~3e-6 (the pretrained bert's, RESULTS.md) still train it. With the ULMFiT head this schedule
+    gave awd_lstm and gpt one class and 50 % of their own training reviews (BatchNorm's SD floor is
+    3.2e-3). It tests the normalisation alone: the squash also shrinks every change fine-tuning makes to
+    the features, which the real collapsed bert's do not (there, lp_ft stays at chance: RESULTS.md)."""
     learn = _fitted_classifier(name, lm_dirs[name][1], tmp_path / "classify", monkeypatch,
                                [*FIT, "classify.head=lp_ft"], squash=3e-6)
     _, in_eval, labels = _agreement(learn)

@@ -57,6 +57,11 @@ def _terminal_job() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _without_session_server() -> dict:
+    """These tests are about the run's own temporary Prefect server, not the session's (tests/conftest.py)."""
+    return {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_URL")}
+
+
 @pytest.fixture
 def run_until_training(tmp_path, data_dir):
     """Start `ulmfit run` (its own session, like a terminal's job) and return it once stage 2 trains."""
@@ -68,7 +73,7 @@ def run_until_training(tmp_path, data_dir):
         proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--preset", "smoke", "--out",
                                  str(tmp_path / "run"), "--set", "adapt.epochs=20"], cwd=REPO, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_terminal_job,
-                                env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+                                env={**_without_session_server(), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
         procs.append(proc)
         deadline = time.monotonic() + 600
         while "adapt epoch 1/20:" not in log_path.read_text():

@@ -86,7 +86,8 @@ def s3_mirror(tmp_path_factory, data_dir):
 
 def _new_user_env(home: Path, mirror: str) -> dict:
     # a new user has no data, no cache and no Prefect server: the run starts its own temporary one
-    env = {k: v for k, v in os.environ.items() if k not in ("ULMFIT_DATA_DIR", "ULMFIT_CACHE_DIR", "PREFECT_API_URL")}
+    unset = ("ULMFIT_DATA_DIR", "ULMFIT_CACHE_DIR", "PREFECT_API_URL", "PREFECT_UI_URL")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     return {**env, "HOME": str(home), "ULMFIT_MIRROR": mirror, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 

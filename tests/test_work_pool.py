@@ -98,7 +98,7 @@ def test_a_work_pool_worker_runs_the_deployed_flows(pool_env, tmp_path):
             deployment = client.read_deployment_by_name("ulmfit/smoke")
             assert deployment.work_pool_name == POOL
             first = client.create_flow_run_from_deployment(deployment.id, parameters={"out_dir": str(tmp_path / "a")})
-            long = {"out_dir": str(tmp_path / "b"), "adapt": {"epochs": 20}}
+            long = {"out_dir": str(tmp_path / "b"), "adapt": {"epochs": 6}}  # killed at its first checkpoint: 5 epochs left to resume
             second = client.create_flow_run_from_deployment(deployment.id, parameters=long)
 
             # The pool runs one flow at a time: while the first runs, the second waits.

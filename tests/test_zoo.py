@@ -52,7 +52,7 @@ def zoo(tmp_path_factory, data_dir):
         pickle.dump(list(dls.vocab), fh)
     serve = root / "srv"
     serve.mkdir()
-    with tarfile.open(serve / "wt103-fwd.tgz", "w:gz") as tar:
+    with tarfile.open(serve / "wt103-fwd.tgz", "w:gz", compresslevel=1) as tar:
         tar.add(folder, arcname="wt103-fwd")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(serve)))
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
