@@ -150,7 +150,7 @@ def test_two_process_stage_resumes_after_kill_9(tmp_path, data_dir):
     from pipeline.artifacts import partial_dir
 
     epochs = 3
-    cfg = load_config("smoke", ["nproc=2", f"pretrain.epochs={epochs}", "pretrain.max_docs=30"])
+    cfg = load_config("smoke", ["nproc=2", f"pretrain.epochs={epochs}", "pretrain.max_docs=12"])
     (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
 
     def command(root):

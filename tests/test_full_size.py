@@ -17,8 +17,10 @@ from pipeline.config import load_config
 from pipeline.text import WORD_SPECIALS
 
 BACKBONES = list(REGISTRY)
-TINY = ["pretrain.corpus=wikitext-2", "pretrain.max_docs=2", "pretrain.max_valid_docs=1", "pretrain.epochs=1",
-        "adapt.max_docs=24", "adapt.max_valid_docs=4", "adapt.frozen_epochs=1", "adapt.epochs=1",
+# Stage 1 only evaluates and stage 2 trains one unfrozen epoch: a full-size LM training step is already
+# test_a_training_step_at_full_size's, and stage 2 runs the stage's own loop at that size.
+TINY = ["pretrain.corpus=wikitext-2", "pretrain.max_docs=2", "pretrain.max_valid_docs=1", "pretrain.epochs=0",
+        "adapt.max_docs=24", "adapt.max_valid_docs=4", "adapt.frozen_epochs=0", "adapt.epochs=1",
         "classify.n_labels=32", "classify.n_valid=16", "classify.n_test=32", "classify.bs=16",
         "classify.max_tokens=160", "classify.epochs_per_phase=[1,0,0,1]", "classify.baselines=false"]
 

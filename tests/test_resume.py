@@ -17,8 +17,8 @@ import torch
 from pipeline.artifacts import partial_dir, read_metrics
 from pipeline.checkpoint import Checkpointer
 
-EPOCHS = 4
-ARGS = ["run", "--preset", "smoke", "--set", f"pretrain.epochs={EPOCHS}", "--set", "pretrain.max_docs=40"]
+EPOCHS = 3
+ARGS = ["run", "--preset", "smoke", "--set", f"pretrain.epochs={EPOCHS}", "--set", "pretrain.max_docs=12"]
 
 
 def start(run_dir, prefect_home, cache_dir=None, **popen):
