@@ -13,8 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 STAGES = ("pretrain", "adapt", "classify")
 # The served process outlives this module (test_browser shares it), and with it its stage store:
-# each run that must train gets a seed of its own, so no other test's run makes its stages Cached.
-SEEDS = {"artifacts": 101, "logs": 102, "rerun": 103}
+# the run that must train has a seed of its own, so no other test's run makes its stages Cached.
+SEED = 101
 
 
 @pytest.fixture()
@@ -90,12 +90,24 @@ def test_compare_deployment_opens_with_the_preset_label_budget(served):
     assert deployment.parameter_openapi_schema["properties"]["n_labels"]["type"] == "array"
 
 
-def test_run_from_deployment_completes_with_artifacts(served, client, tmp_path):
-    out = tmp_path / "ui-run"
+@pytest.fixture(scope="module")
+def ui_run(served, tmp_path_factory):
+    """One run of ulmfit/smoke from the API (the UI's Run button), that the tests below read and rerun."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    out = tmp_path_factory.mktemp("ui") / "ui-run"
     params = {"preset": "smoke", "backbone": "awd_lstm", "out_dir": str(out), "classify": {"n_test": 40},
-              "overrides": [f"seed={SEEDS['artifacts']}"]}
-    run = run_deployment_and_wait(client, served, params)
+              "overrides": [f"seed={SEED}"]}
+    with temporary_settings(updates={PREFECT_API_URL: served["server"].api_url}):
+        with get_client(sync_client=True) as client:
+            run = run_deployment_and_wait(client, served, params)
     assert run.state.name == "Completed", f"{run.state}\n{_log_tail(served['log'])}"
+    return run, params, out
+
+
+def test_run_from_deployment_completes_with_artifacts(ui_run, client):
+    run, _, out = ui_run
     assert task_states(client, run.id) == dict.fromkeys(STAGES, "Completed")
 
     found = artifacts(client, run.id)
@@ -110,12 +122,10 @@ def test_run_from_deployment_completes_with_artifacts(served, client, tmp_path):
     assert all(found[f"{s}-progress"].data == 100.0 for s in STAGES)
 
 
-def test_epoch_lines_reach_the_run_logs(served, client, tmp_path):
+def test_epoch_lines_reach_the_run_logs(ui_run, client):
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    run = run_deployment_and_wait(client, served, {"preset": "smoke", "out_dir": str(tmp_path / "logs-run"),
-                                                   "overrides": [f"seed={SEEDS['logs']}"]})
-    assert run.state.name == "Completed"
+    run = ui_run[0]
     wanted = [re.compile(r"^pretrain epoch 1/1: train_loss"), re.compile(r"^phase2 epoch 1/1: ")]
     # Log lines are shipped in batches and can land after the run is marked Completed: re-read a while.
     for _ in range(60):
@@ -128,10 +138,8 @@ def test_epoch_lines_reach_the_run_logs(served, client, tmp_path):
         assert any(pattern.match(m) for m in messages), (pattern.pattern, messages[:60])
 
 
-def test_rerun_classify_from_the_api_keeps_upstream_cached(served, client, tmp_path):
-    params = {"preset": "smoke", "out_dir": str(tmp_path / "rerun"), "overrides": [f"seed={SEEDS['rerun']}"]}
-    first = run_deployment_and_wait(client, served, params)
-    assert first.state.name == "Completed"
+def test_rerun_classify_from_the_api_keeps_upstream_cached(ui_run, served, client):
+    _, params, _ = ui_run
     again = run_deployment_and_wait(client, served, {**params, "rerun": "classify"})
     assert again.state.name == "Completed"
     assert task_states(client, again.id) == {"pretrain": "Cached", "adapt": "Cached", "classify": "Completed"}
