@@ -108,11 +108,9 @@ def test_bad_input_fails_cleanly_and_writes_nothing(first_run, tmp_path):
     assert read_manifest(run_dir / "classify") == before
 
 
-@pytest.mark.parametrize("override, fragment", [("classify.n_lables=3", "n_lables"), ("pretrain.lr=-1", "pretrain.lr")])
-def test_bad_config_is_rejected_before_running(override, fragment, tmp_path):
-    proc = ulmfit("run", "--preset", "smoke", "--out", str(tmp_path / "r"), "--set", override)
-    assert proc.returncode == 2 and fragment in proc.stderr
-    assert not (tmp_path / "r").exists()
+# Bad settings rejected before anything runs: tests/test_bad_inputs.py (`ulmfit run`, one line each) and
+# tests/test_config.py; `ulmfit predict` on a missing run: test_bad_inputs.test_predict_with_a_bad_run_directory;
+# `ulmfit stages`: tests/test_registries.py.
 
 
 def test_predict_command(first_run):
@@ -123,18 +121,6 @@ def test_predict_command(first_run):
     assert [r["text"] for r in rows] == ["What a great film!", "Awful.", "What a great film!"]
     assert all(r["label"] in read_metrics(run_dir / "classify")["classes"] for r in rows)
     assert rows[0] == rows[2]  # the same text, the same answer: no state carried from one text to the next
-
-
-def test_predict_errors(tmp_path):
-    proc = ulmfit("predict", "--run", str(tmp_path / "missing"), "text")
-    assert proc.returncode == 2 and "no such run" in proc.stderr
-
-
-def test_stages_command():
-    proc = ulmfit("stages")
-    assert proc.returncode == 0
-    for word in ("pretrain", "adapt", "classify", "awd_lstm", "smoke"):
-        assert word in proc.stdout
 
 
 # gpt with the spaCy tokenizer goes through the flow and its cache in tests/test_compare.py

@@ -50,6 +50,7 @@ def test_a_registered_backbone_gets_a_config_section_and_cli_choice(installed, c
     assert main(["stages"]) == 0
     listed = capsys.readouterr().out
     assert "tiny (a test backbone)" in listed and "export    Export: the classifier's weights re-saved" in listed
+    assert all(word in listed for word in ("pretrain", "adapt", "classify", "awd_lstm", "smoke"))
 
 
 def test_without_the_plugin_its_section_is_refused():
