@@ -11,7 +11,7 @@ by name and never branches on it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 from pydantic import BaseModel, Field
@@ -19,8 +19,11 @@ from torch import nn
 
 from pipeline import hf_backbones as hf
 from pipeline import scorers
-from pipeline.config import ClassifyConfig, ModelConfig, SizeSection
+from pipeline.config_base import SizeSection
 from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only: pipeline.config imports this registry
+    from pipeline.config import ClassifyConfig, ModelConfig
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from pipeline.config_base import Frozen
 from pipeline.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -26,17 +27,7 @@ MAX_LR = 10.0
 VALID_AUTO = "auto"
 
 
-class _Frozen(BaseModel):
-    # Unknown keys and wrong types are errors, not silently ignored or coerced: strict, so `true` is
-    # not read as 1 and 2.0 not as an integer, and no NaN or infinity ever reaches a run.
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False, validate_default=True)
-
-
-class SizeSection(_Frozen):
-    """Base of a backbone's size model: its `[model.<backbone>]` section, owned by its registry entry."""
-
-
-class ModelConfig(_Frozen):
+class ModelConfig(Frozen):
     """The backbone is one setting. Each backbone's registry entry (pipeline.backbones) owns a size
     model, so the config has one section per registered backbone, `[model.<name>]` in a preset or
     `--set model.<name>.<field>=...`; only the chosen backbone's section is used."""
@@ -92,13 +83,13 @@ class ModelConfig(_Frozen):
                 "sizes": sizes.model_dump() if sizes is not None else None}
 
 
-class TokenizerConfig(_Frozen):
+class TokenizerConfig(Frozen):
     kind: Literal["spacy", "wordpiece", "bpe"] = Field("spacy", description="spacy: word-level (spaCy with fastai's rules), vocabulary rebuilt per stage; wordpiece / bpe: a Hugging Face subword tokenizer (WordPiece, byte-level BPE) trained on the stage-1 corpus (pretrain.max_vocab pieces) and reused by stages 2-3.")
     lang: str = Field("en", description="spaCy language code.")
     n_workers: int = Field(2, ge=0, description="Tokenizer processes (0 = in-process). Not part of cache keys.")
 
 
-class _LMStage(_Frozen):
+class _LMStage(Frozen):
     min_freq: int = Field(3, ge=1, description="Minimum count for a token to enter the vocabulary.")
     max_vocab: int = Field(60000, ge=16, description="Vocabulary size cap (special tokens included).")
     bs: int = Field(64, gt=0, description="Batch size (parallel token streams).")
@@ -130,7 +121,7 @@ class AdaptConfig(_LMStage):
     lr_decay: float = Field(2.6, ge=1, description="Discriminative LR: each lower layer group gets lr / lr_decay.")
 
 
-class ClassifyConfig(_Frozen):
+class ClassifyConfig(Frozen):
     corpus: str = Field("imdb", description="Registry name or path to labeled training data.")
     test_corpus: str | None = Field(None, description="Path to labeled test data; None = the registry's test split.")
     text_col: str = Field("text", description="Text column.")
@@ -165,7 +156,7 @@ class ClassifyConfig(_Frozen):
         return self
 
 
-class RunConfig(_Frozen):
+class RunConfig(Frozen):
     preset: str = Field("full", description="Preset these values started from.")
     data_dir: str | None = Field(None, description="Data directory (default: $ULMFIT_DATA_DIR, else ~/.cache/ulmfit-flow/data).")
     cache_dir: str | None = Field(None, description="Token cache (default: $ULMFIT_CACHE_DIR, else ~/.cache/ulmfit-flow).")

@@ -19,13 +19,17 @@ whole chunks, is cut into chunks of `bptt` tokens; each non-empty chunk is encod
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from pipeline.config import ClassifyConfig, ModelConfig, SizeSection
+from pipeline.config_base import SizeSection
 from pipeline.errors import ArtifactError, ConfigError
+
+if TYPE_CHECKING:  # annotations only: pipeline.config imports the backbone registry
+    from pipeline.config import ClassifyConfig, ModelConfig
 
 EMBEDDING_NAMES = {"wte", "wpe", "embeddings", "embed_tokens", "embed_positions"}
 

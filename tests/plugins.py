@@ -9,7 +9,7 @@ from pydantic import Field
 
 from pipeline.backbones import REGISTRY as BACKBONES
 from pipeline.backbones import register as register_backbone
-from pipeline.config import SizeSection
+from pipeline.config_base import SizeSection
 from pipeline.stages.registry import REGISTRY as STAGES
 from pipeline.stages.registry import Stage
 from pipeline.stages.registry import register as register_stage

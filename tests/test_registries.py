@@ -137,3 +137,49 @@ def test_editing_or_adding_an_imported_module_changes_the_code_version(tmp_path,
     third = version()
     assert len({first, second, third}) == 3
     assert "pipeline.transfer" in registry.import_closure("my_stage")
+
+
+def _runtime_imports(path: Path, package: str) -> set[str]:
+    """The modules `path` imports when it runs (at the top or in a function), not those imported for type
+    checkers only (`if TYPE_CHECKING:`)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                   for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_pipeline_has_no_import_circle():
+    """config asks the backbone registry which size sections exist; the backbones take their base class from
+    config_base, not from config (they imported each other)."""
+    modules = {}
+    for path in (REPO / "pipeline").rglob("*.py"):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    graph = {name: {m for m in _runtime_imports(path, name if path.name == "__init__.py" else name.rpartition(".")[0])
+                    if m in modules and m != name} for name, path in modules.items()}
+    done, path_now = set(), []
+
+    def visit(name):
+        assert name not in path_now, "import circle: " + " -> ".join(path_now[path_now.index(name):] + [name])
+        if name not in done:
+            path_now.append(name)
+            for imported in sorted(graph[name]):
+                visit(imported)
+            path_now.pop()
+            done.add(name)
+
+    for name in sorted(graph):
+        visit(name)

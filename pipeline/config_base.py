@@ -1,0 +1,17 @@
+"""The base classes of every config section: `pipeline.config` builds the run's config from them, and each
+backbone's registry entry (`pipeline.backbones`, `pipeline.hf_backbones`) its own size section. Apart from
+`pipeline.config` so that the backbones need not import it (config asks the backbone registry which
+size sections exist: importing each other would be a circle)."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Frozen(BaseModel):
+    # Unknown keys and wrong types are errors, not silently ignored or coerced: strict, so `true` is
+    # not read as 1 and 2.0 not as an integer, and no NaN or infinity ever reaches a run.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False, validate_default=True)
+
+
+class SizeSection(Frozen):
+    """Base of a backbone's size model: its `[model.<backbone>]` section, owned by its registry entry."""
