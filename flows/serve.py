@@ -9,129 +9,20 @@ from __future__ import annotations
 import importlib
 import os
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import flows  # noqa: F401  (Prefect defaults before prefect is imported)
-from pipeline.errors import UlmfitError
+from flows.servers import LocalServer, ServeError, free_port, is_healthy  # noqa: F401  (serve's API)
 
 # (deployment name, module, flow object); imported only when serving (they pull in fastai).
 SERVED_FLOWS = [
     ("ulmfit", "flows.ulmfit_flow", "ulmfit_flow"),
     ("compare", "flows.compare_flow", "compare_flow"),
 ]
-SERVER_START_TIMEOUT = 180.0  # seconds; a cold start on a busy 2-core machine takes 10-30 s
-
-
-class ServeError(UlmfitError):
-    """The server could not be started or reached."""
 
 
 def served_flows() -> list[tuple[str, object]]:
     """(deployment name, flow) for each flow in SERVED_FLOWS."""
     return [(name, getattr(importlib.import_module(module), attr)) for name, module, attr in SERVED_FLOWS]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex((host, port)) == 0
-
-
-def is_healthy(api_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=5) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
-def _new_log_path() -> Path:
-    fd, path = tempfile.mkstemp(prefix="prefect-server-", suffix=".log")
-    os.close(fd)
-    return Path(path)
-
-
-@dataclass
-class LocalServer:
-    """A `prefect server start` subprocess on a loopback port."""
-
-    host: str = "127.0.0.1"
-    port: int = 4200
-    home: str | None = None  # PREFECT_HOME for the server (its SQLite database); None = inherited
-    proc: subprocess.Popen | None = None
-    log_path: Path = field(default_factory=lambda: _new_log_path())
-
-    @property
-    def api_url(self) -> str:
-        return f"http://{self.host}:{self.port}/api"
-
-    @property
-    def ui_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def env(self) -> dict:
-        env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               # the UI in the browser must call this port, not the default 4200
-               "PREFECT_UI_API_URL": self.api_url, "PREFECT_UI_URL": self.ui_url}
-        env.pop("PREFECT_API_URL", None)
-        if self.home:
-            env["PREFECT_HOME"] = self.home
-        return env
-
-    def start(self, timeout: float = SERVER_START_TIMEOUT) -> "LocalServer":
-        if port_in_use(self.host, self.port):
-            raise ServeError(f"port {self.port} on {self.host} is already in use; pass --port, "
-                             "or set PREFECT_API_URL to use the server that is running there")
-        cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", self.host, "--port", str(self.port)]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            self._wait_healthy(timeout)
-        except BaseException:  # includes Ctrl-C while starting
-            self.stop()
-            raise
-        return self
-
-    def _wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not is_healthy(self.api_url):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                tail = self.log_path.read_text(errors="replace")[-2000:]
-                raise ServeError(f"the Prefect server on {self.ui_url} did not start "
-                                 f"(log {self.log_path}):\n{tail}")
-            time.sleep(0.5)
-
-    def stop(self) -> None:
-        """Terminate the server's whole process group (uvicorn workers included)."""
-        stop_process_group(self.proc)
-
-
-def stop_process_group(proc: subprocess.Popen | None, grace: float = 20.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def deployments(names: list[str] | None = None) -> list:

@@ -4,9 +4,9 @@ and one line per user error.
 - **Server.** Without PREFECT_API_URL a flow needs a temporary Prefect server. Prefect's own
   runs in the terminal's process group: Ctrl-C kills it first, and the flow then spends minutes
   retrying its state updates against a dead server; a SIGTERM to the run leaves it orphaned.
-  `TemporaryServer` starts the same server in its own session (the terminal's Ctrl-C does not
-  reach it) with the kernel's parent-death signal set (it goes when this process goes, even by
-  `kill -9`), and stops it when the process exits.
+  `flows.servers.TemporaryServer` starts the same server in its own session (the terminal's Ctrl-C
+  does not reach it) with the kernel's parent-death signal set (it goes when this process goes, even
+  by `kill -9`), and stops it when the process exits.
 - **Stops.** SIGTERM is raised as `Terminated` (a KeyboardInterrupt), so Ctrl-C and SIGTERM take
   the same path: the stage stops at once, checkpoints stay, the server is stopped, no process
   outlives the run.
@@ -18,106 +18,21 @@ and one line per user error.
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
-import ctypes
 import logging
-import os
 import re
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
-import time
 import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+from flows.servers import TemporaryServer
 from pipeline.errors import UlmfitError
-
-PR_SET_PDEATHSIG = 1
-START_TIMEOUT = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, delivered like Ctrl-C so the run stops through the same clean path."""
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-class TemporaryServer:
-    """Prefect's ephemeral API server (uvicorn, no UI), in its own session, owned by this process."""
-
-    def __init__(self):
-        from flows.serve import free_port
-
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        fd, path = tempfile.mkstemp(prefix="ulmfit-prefect-server-", suffix=".log")
-        os.close(fd)
-        self.log_path, self.keep_log = Path(path), False  # kept only when the server failed to start
-
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api"
-
-    def start(self) -> "TemporaryServer":
-        import prefect
-        from prefect.settings import get_current_settings
-
-        env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
-               "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-        env.pop("PREFECT_API_URL", None)
-        cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
-               "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-               "--log-level", "error", "--lifespan", "on"]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True, preexec_fn=_die_with_parent)
-        atexit.register(self.stop)
-        try:
-            self._wait_healthy()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                tail, self.keep_log = self.log_path.read_text(errors="replace")[-1500:], True
-                raise UlmfitError(f"the temporary Prefect server did not start (log {self.log_path}): {tail!r}")
-            time.sleep(0.2)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> None:
-        """SIGTERM to the server's process group, SIGKILL after 5 s."""
-        proc, self.proc = self.proc, None
-        if not self.keep_log:
-            self.log_path.unlink(missing_ok=True)
-        if proc is None or proc.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
 
 
 _SERVER: TemporaryServer | None = None

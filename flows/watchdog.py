@@ -20,7 +20,7 @@ import sys
 import threading
 from typing import Iterator
 
-from flows.serve import is_healthy  # /health within 5 s: generous, a busy 2-core machine answers slowly
+from flows.servers import is_healthy  # /health within 5 s: generous, a busy 2-core machine answers slowly
 
 POLL_SECONDS = 2.0
 MISSES = 3

@@ -12,6 +12,11 @@ _TMP = Path(tempfile.mkdtemp(prefix="ulmfit-tests-"))
 os.environ["ULMFIT_CACHE_DIR"] = str(_TMP / "cache")
 os.environ["PREFECT_HOME"] = str(_TMP / "prefect")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # scripts/test.sh runs one pytest worker per core (pytest-xdist): each worker and every process it
+    # starts computes at one thread, so two workers never fight over both cores (two torch jobs at two
+    # threads each on 2 cores slow each other several-fold).
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 
 def pytest_configure(config):
@@ -20,7 +25,9 @@ def pytest_configure(config):
     a temporary server of its own, about 4-10 s each on 2 cores (`ulmfit run --preset smoke`: 30.2 s
     alone, 19.6 s against a running server). Tests of the no-server path remove the variable from the
     environment they hand their subprocess. Never the user's server: the URL is always replaced."""
-    from flows.serve import LocalServer, free_port
+    if getattr(config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # the pytest-xdist controller runs no tests; each worker starts its own server
+    from flows.servers import LocalServer, free_port
 
     home = _TMP / "prefect-server"
     home.mkdir(exist_ok=True)
@@ -126,7 +133,7 @@ def served(prefect_server, tmp_path_factory):
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.serve import stop_process_group
+    from flows.servers import stop_process_group
 
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "PREFECT_API_URL": prefect_server.api_url, "PREFECT_UI_URL": prefect_server.ui_url,

@@ -215,7 +215,7 @@ def test_two_nodes_match_the_two_process_run(runs, tmp_path):
     """Issue 24: several nodes, not only several processes. Two torchrun "nodes" on loopback (`--nnodes 2`,
     c10d rendezvous on 127.0.0.1, one process each, as docs/gpu.md tells a cluster user to start them)
     train stage 1 as the flow's 2-process single-node run does: same files, same cache key, same weights."""
-    from flows.serve import free_port
+    from flows.servers import free_port
     from pipeline.store import stage_key
 
     _, ddp, _, _ = runs

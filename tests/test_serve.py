@@ -157,7 +157,7 @@ def test_invalid_parameters_are_rejected_by_the_server(served, client):
 
 def test_serve_starts_its_own_server_and_stops_on_ctrl_c(tmp_path):
     """Without PREFECT_API_URL, `ulmfit serve` starts a server, serves, and Ctrl-C stops both."""
-    from flows.serve import free_port, is_healthy, stop_process_group
+    from flows.servers import free_port, is_healthy, stop_process_group
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}

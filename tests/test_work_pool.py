@@ -22,7 +22,7 @@ POOL = "trainers"
 
 @pytest.fixture()
 def pool_env(tmp_path, data_dir):
-    from flows.serve import LocalServer, free_port
+    from flows.servers import LocalServer, free_port
 
     server = LocalServer(port=free_port(), home=str(tmp_path / "home"), log_path=tmp_path / "server.log").start()
     env = {**os.environ, "PREFECT_API_URL": server.api_url, "PREFECT_HOME": str(tmp_path / "home"),
