@@ -6,4 +6,6 @@ if [[ -n "${ULMFIT_DATA_DIR:-}" ]]; then export ULMFIT_DATA_DIR="$(realpath -m "
 cd "$(dirname "$0")/.."
 scripts/setup-venv.sh .venv-test test
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
-exec .venv-test/bin/python -m pytest "$@"
+# One worker per physical core, each test module whole on one worker (its module-scoped runs and cache
+# stay together); `-n 0` after these runs everything in this process.
+exec .venv-test/bin/python -m pytest -n auto --dist loadfile "$@"
