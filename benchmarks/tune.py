@@ -25,7 +25,8 @@ import pandas as pd
 from pipeline.artifacts import read_metrics
 from pipeline.config import load_config
 from pipeline.stages.context import make_context
-from pipeline.stages.registry import REGISTRY, run_stage, stage_folders
+from pipeline.layout import stage_folders
+from pipeline.stages.registry import REGISTRY, run_stage
 from pipeline.store import computing, keep, restore, stage_key
 
 log = logging.getLogger("ulmfit")

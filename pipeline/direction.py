@@ -11,7 +11,7 @@ so both directions see a document start marker before the document, and the clas
 document back in reading order (how a backward LM's samples are shown).
 
 A stage reads one direction. `model.direction = "both"` is split by the flow into a forward and a
-backward chain (`pipeline.ensemble.chains`); a stage that is handed "both" refuses it.
+backward chain (`pipeline.layout.chains`); a stage that is handed "both" refuses it.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 test reviews (the paper's best IMDb result: 4.58 % error vs 5.30 % for the forward model alone).
 
 `model.direction = "both"` asks for it. The flow then runs every registered stage twice, once per
-direction (`chains`), and the ensemble step last:
+direction (`pipeline.layout.chains`), and the ensemble step last:
 
     <run>/pretrain           adapt           classify            model.direction = forward
     <run>/pretrain-backward  adapt-backward  classify-backward   model.direction = backward
@@ -24,53 +24,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import MANIFEST, fingerprint, is_complete, read_metrics, write_files
+from pipeline.artifacts import fingerprint, read_metrics, write_files
 from pipeline.cards import confusion_table, markdown_table, metric_table
 from pipeline.config import RunConfig
 from pipeline.errors import ArtifactError
-from pipeline.scores import PREDICTIONS_FILE, predictions_table, prob_columns, read_predictions, table_bytes
-from pipeline.stages.registry import REGISTRY, classifier_stage, code_version, stage_folders
+from pipeline.layout import ENSEMBLE
+from pipeline.scores import (
+    PREDICTIONS_FILE,
+    predictions_table,
+    prob_columns,
+    read_predictions,
+    table_bytes,
+)
+from pipeline.stages.registry import code_version
 from pipeline.store import keep, restore
 
-ENSEMBLE = "ensemble"  # its folder in a run directory, and its name in the run summary
-BACKWARD_SUFFIX = "-backward"  # the backward chain's stage folders: <run>/<stage>-backward
 HEADLINE = ("test_accuracy", "test accuracy")
-
-
-def chains(cfg: RunConfig) -> list[tuple[str, RunConfig]]:
-    """(stage folder suffix, config) of each chain of stages `cfg` asks for: itself for one direction;
-    for both, a forward chain (suffix "") and a backward one, each config with its own direction."""
-    if cfg.model.direction != "both":
-        return [("", cfg)]
-    return [("", _with_direction(cfg, "forward")), (BACKWARD_SUFFIX, _with_direction(cfg, "backward"))]
-
-
-def _with_direction(cfg: RunConfig, direction: str) -> RunConfig:
-    tree = cfg.model_dump()
-    tree["model"]["direction"] = direction
-    return RunConfig.model_validate(tree)
-
-
-def chain_folders(run_dir: str | Path, suffix: str) -> dict[str, Path]:
-    """stage name -> its folder in a run directory, for the chain with this suffix."""
-    return {name: folder.with_name(folder.name + suffix) for name, folder in stage_folders(run_dir).items()}
-
-
-def run_folders(cfg: RunConfig, run_dir: str | Path) -> list[Path]:
-    """Every folder a run of `cfg` writes in `run_dir`: each chain's stage folders, and the ensemble's."""
-    folders = [f for suffix, _ in chains(cfg) for f in chain_folders(run_dir, suffix).values()]
-    return folders + ([Path(run_dir).expanduser().resolve() / ENSEMBLE] if len(chains(cfg)) > 1 else [])
-
-
-def classifier_folder(path: str | Path) -> Path:
-    """A complete classifier stage folder: `path` itself, or the classifier stage's folder of a run directory."""
-    path = Path(path).expanduser().resolve()
-    if not path.exists():
-        raise ArtifactError(f"{path}: no such run directory or classifier folder")
-    folder = path if (path / MANIFEST).exists() else path / classifier_stage()
-    if not is_complete(folder):
-        raise ArtifactError(f"{path}: no complete classifier here (expected {folder / MANIFEST})")
-    return folder
 
 
 def ensemble_key(folders: list[Path]) -> str:

@@ -42,9 +42,9 @@ def export(run: str | Path, fmt: str, out: str | Path) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {out}: exists and is not an empty folder; not overwriting it: choose a new folder")
     if fmt == "onnx":
-        from pipeline.predict import classifier_dir
+        from pipeline.layout import classifier_folder
 
-        return export_onnx(classifier_dir(run), out)
+        return export_onnx(classifier_folder(run), out)
     return export_hf(last_stage_folder(run, "lm"), out)
 
 

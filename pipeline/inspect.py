@@ -23,8 +23,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.artifacts import ModelFile, is_complete, load_model_file, read_metrics
+from pipeline.artifacts import ModelFile, load_model_file, read_metrics
 from pipeline.errors import ArtifactError
+from pipeline.layout import stage_dir
 from pipeline.stages.registry import REGISTRY, classifier_stage, stage_names
 
 STAGES = stage_names()
@@ -41,18 +42,6 @@ def find_run_dir(run_dir: str | Path) -> Path:
             if (base / run).exists():
                 return (base / run).resolve()
     return run.resolve()
-
-
-def stage_dir(run_dir: str | Path, stage: str) -> Path:
-    if stage not in STAGES:
-        raise ArtifactError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-    run = Path(run_dir).expanduser()
-    if not run.is_dir():
-        raise ArtifactError(f"{run}: no such run directory (set ULMFIT_RUN_DIR or RUN_DIR)")
-    folder = run / stage
-    if not is_complete(folder):
-        raise ArtifactError(f"{folder}: not a complete stage folder; run `ulmfit run --out {run}` first")
-    return folder
 
 
 def load_model(run_dir: str | Path, stage: str) -> ModelFile:

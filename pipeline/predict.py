@@ -16,31 +16,16 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 import torch
 
-from pipeline.artifacts import MANIFEST, load_model_file, verify_folder
+from pipeline.artifacts import load_model_file
 from pipeline.config import ClassifyConfig
 from pipeline.data import MAX_DOC_CHARS, load_corpus
 from pipeline.direction import model_direction
-from pipeline.errors import ArtifactError, DataError
+from pipeline.errors import DataError
+from pipeline.layout import classifier_folder
 from pipeline.stages.classify import build_model, class_probs, encode_texts, loader
-from pipeline.stages.registry import classifier_stage
 from pipeline.text import encoder_from_state
 
 TEXTS_PER_STEP = 256  # texts tokenized and classified together; results stream out step by step
-
-
-def classifier_dir(run: str | Path) -> Path:
-    """The classifier stage's folder of a run directory (or the folder itself), verified against its manifest."""
-    run = Path(run).expanduser()
-    if not run.exists():
-        raise ArtifactError(f"{run}: no such run directory")
-    stage = classifier_stage()
-    is_stage = (run / MANIFEST).exists() or (run.name == stage and not (run / stage).is_dir())
-    folder = run if is_stage else run / stage
-    if not (folder / MANIFEST).exists():
-        raise ArtifactError(f"{run}: no complete {stage} stage here (expected {folder / MANIFEST}); "
-                            "run `ulmfit run` first")
-    verify_folder(folder)  # a damaged file is named, in one line
-    return folder
 
 
 def trained_classifier(folder: Path) -> tuple:
@@ -62,7 +47,7 @@ class Classifier:
         from pipeline.accel import resolve_precision
         from pipeline.training import make_learner, pick_device
 
-        self.model_file, self.cc, self.encoder, backbone, model = trained_classifier(classifier_dir(run))
+        self.model_file, self.cc, self.encoder, backbone, model = trained_classifier(classifier_folder(run))
         mf = self.model_file
         self.classes = list(mf.classes)
         self.direction = model_direction(mf.config)

@@ -90,7 +90,7 @@ def smoke_run(tmp_path_factory, data_dir):
     to see stages computed trains its own. Every stage folder must still match its manifest at the end."""
     from flows.cli import main
     from pipeline.artifacts import verify_folder
-    from pipeline.stages.registry import stage_folders
+    from pipeline.layout import stage_folders
 
     path = tmp_path_factory.mktemp("smoke-run") / "run"
     module_cache = os.environ["ULMFIT_CACHE_DIR"]

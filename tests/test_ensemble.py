@@ -10,7 +10,8 @@ import pytest
 from pipeline.artifacts import is_complete, load_model_file, read_metrics, write_files
 from pipeline.config import ClassifyConfig, load_config
 from pipeline.direction import model_direction, orient
-from pipeline.ensemble import chains, ensemble_key, write_ensemble
+from pipeline.ensemble import ensemble_key, write_ensemble
+from pipeline.layout import chains
 from pipeline.errors import ArtifactError, ConfigError
 from pipeline.scores import PREDICTIONS_FILE, predictions_table, read_predictions, table_bytes
 from pipeline.store import stage_key

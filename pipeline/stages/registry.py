@@ -80,12 +80,6 @@ def classifier_stage() -> str:
     return next(name for name, stage in REGISTRY.items() if stage.model_kind == "classifier")
 
 
-def stage_folders(run_dir: str | Path) -> dict[str, Path]:
-    """stage name -> its folder in a run directory (a folder per stage, named after it)."""
-    run = Path(run_dir).expanduser().resolve()
-    return {name: run / name for name in REGISTRY}
-
-
 def depends_on(name: str, ancestor: str) -> bool:
     """True if `name` is `ancestor` or builds on it, directly or not (what `--rerun ancestor` recomputes)."""
     while name is not None:
