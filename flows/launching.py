@@ -15,24 +15,27 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pipeline.artifacts import read_metrics
 from pipeline.config import RunConfig
 from pipeline.errors import UlmfitError
+from pipeline.stages.context import StageResult
 
 ERROR_PREFIX = "ulmfit: error: "
 
 
-def launch(stage: str, cfg: RunConfig, upstream: str | None, out_dir: str, cache_key: str) -> None:
-    """Run one stage into `out_dir`, resuming from its epoch checkpoints if a previous try left some."""
+def launch(stage: str, cfg: RunConfig, upstream: str | None, out_dir: str, cache_key: str) -> StageResult:
+    """Run one stage into `out_dir`, resuming from its epoch checkpoints if a previous try left some;
+    its result is what the stage returned (in process) or what rank 0 wrote (under torchrun)."""
     if cfg.nproc == 1:
         from pipeline.stages.context import make_context
         from pipeline.stages.registry import run_stage
 
-        run_stage(make_context(stage, cfg, out_dir, upstream, cache_key, resumable=True))
-        return
+        return run_stage(make_context(stage, cfg, out_dir, upstream, cache_key, resumable=True))
     with tempfile.TemporaryDirectory(prefix="ulmfit-launch-") as tmp:
         cfg_path = Path(tmp) / "config.json"  # the process boundary: the workers validate it again
         cfg_path.write_text(cfg.model_dump_json())
         _torchrun(torchrun_command(stage, cfg.nproc, cfg_path, upstream, out_dir, cache_key))
+    return StageResult(stage, out_dir, read_metrics(Path(out_dir)))
 
 
 def torchrun_command(stage: str, nproc: int, cfg_path: Path, upstream: str | None, out_dir: str,

@@ -20,7 +20,6 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
                                update_progress_artifact)
 from prefect.context import FlowRunContext, TaskRunContext
 
-from pipeline.artifacts import read_metrics
 from pipeline.config import RunConfig
 from pipeline.stages.registry import get_stage
 
@@ -48,13 +47,14 @@ def card_markdown(stage_dir: Path) -> str:
     return card.replace("![loss curves](history.png)", f"Loss curves (PNG in the run folder): `{png}`")
 
 
-def report_stage(stage: str, path: str, state: str) -> None:
-    """Table + markdown artifacts for a finished stage; a no-op outside a Prefect run."""
+def report_stage(stage: str, path: str, metrics: dict, state: str) -> None:
+    """Table + markdown artifacts for a finished stage (its metrics as the task returned them); a no-op
+    outside a Prefect run."""
     if not _in_run():
         return
     folder = Path(path)
     label = "from cache" if state == "Cached" else "computed"
-    create_table_artifact(table=metric_rows(read_metrics(folder)), key=f"{stage}-metrics",
+    create_table_artifact(table=metric_rows(metrics), key=f"{stage}-metrics",
                           description=f"{stage} metrics ({label}); {folder}")
     create_markdown_artifact(markdown=card_markdown(folder), key=f"{stage}-card",
                              description=f"{stage} card ({label}); {folder}")

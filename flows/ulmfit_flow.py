@@ -22,7 +22,8 @@ from flows.params import (AdaptSettings, BackboneName, ClassifySettings, Preset,
 from flows.reporting import report_stage, stage_progress
 from pipeline.artifacts import partial_dir, read_metrics, remove_checkpoints
 from pipeline.config import RunConfig, load_config
-from pipeline.ensemble import ENSEMBLE, chain_folders, chains, ensure
+from pipeline.ensemble import ensure
+from pipeline.layout import ENSEMBLE, chain_folders, chains
 from pipeline.locking import run_dir_lock
 from pipeline.stages.registry import REGISTRY, classifier_stage, depends_on
 from pipeline.store import computing, keep, restore, stage_key
@@ -42,9 +43,9 @@ def stage_task(stage: str, cfg: RunConfig, out_dir: str, upstream: Optional[str]
             remove_checkpoints(partial_dir(folder))  # of an earlier, interrupted try (a user's file there stays)
             return Completed(name="Cached", data=_result(stage, folder), message=f"{stage}: {cache_key} from the cache")
         with stage_progress(stage, cfg, f"{stage}{suffix}"):
-            launch(stage, cfg, upstream, out_dir, cache_key)
+            result = launch(stage, cfg, upstream, out_dir, cache_key)
         keep(folder, cache_key, cfg)
-    return _result(stage, folder)
+    return {"stage": stage, "path": str(folder), "metrics": result.metrics}
 
 
 def _result(stage: str, folder: Path) -> dict:
@@ -65,7 +66,7 @@ def run_stages(cfg: RunConfig, folders: dict[str, Path], rerun: Optional[str] = 
                            force=rerun is not None and depends_on(name, rerun), suffix=suffix, return_state=True)
         result = state.result()  # re-raises the stage's error
         summary[name + suffix] = {**result, "state": state.name, "seconds": time.perf_counter() - start}
-        report_stage(name + suffix, result["path"], state.name)
+        report_stage(name + suffix, result["path"], result["metrics"], state.name)
     return summary
 
 
@@ -80,7 +81,7 @@ def ensemble_task(folders: list[str], out_dir: str, cfg: RunConfig) -> dict:
 
 
 def run_directions(cfg: RunConfig, run_dir: Path, rerun: Optional[str] = None) -> dict:
-    """The chain of stages for each direction `cfg` asks for (`pipeline.ensemble.chains`), and for
+    """The chain of stages for each direction `cfg` asks for (`pipeline.layout.chains`), and for
     two directions their ensemble in `<run_dir>/ensemble/`."""
     summary, classifiers = {}, []
     for suffix, chain_cfg in chains(cfg):
@@ -92,16 +93,17 @@ def run_directions(cfg: RunConfig, run_dir: Path, rerun: Optional[str] = None) -
         state = ensemble_task(classifiers, str(run_dir / ENSEMBLE), cfg, return_state=True)
         result = state.result()
         summary[ENSEMBLE] = {**result, "state": state.name, "seconds": time.perf_counter() - start}
-        report_stage(ENSEMBLE, result["path"], state.name)
+        report_stage(ENSEMBLE, result["path"], result["metrics"], state.name)
     return summary
 
 
-def run_in_folder(cfg: RunConfig, out_dir: str | Path, rerun: Optional[str] = None) -> dict:
+def run_in_folder(cfg: RunConfig, out_dir: str | Path, rerun: Optional[str] = None, check: bool = True) -> dict:
     """The stages in `<out_dir>/<stage>/` (and `<stage>-backward/`, `ensemble/` for both directions),
-    under the run directory's lock (a second run on the same folder fails fast). Every input and
-    output is checked first (`pipeline.validate`)."""
+    under the run directory's lock (a second run on the same folder fails fast). With `check`, every input
+    and output is checked first (`pipeline.validate`); `ulmfit run` checked them before Prefect started."""
     run_dir = Path(out_dir).expanduser().resolve()
-    check_run(cfg, run_dir)  # before any stage starts (a pass the CLI already made is not repeated)
+    if check:
+        check_run(cfg, run_dir)  # before any stage starts
     with run_dir_lock(run_dir):
         return run_directions(cfg, run_dir, rerun)
 
@@ -135,5 +137,6 @@ def form_values(preset: str) -> dict:
 
 @flow(name="ulmfit", log_prints=True, persist_result=True)
 def ulmfit_config_flow(config: RunConfig, out_dir: str, rerun: Optional[StageName] = None) -> dict:
-    """The same flow for a config that is already resolved and validated (what `ulmfit run` passes)."""
-    return run_in_folder(config, out_dir, rerun)
+    """The same flow for a config that is already resolved and whose run is already checked (what `ulmfit run`
+    passes, after `pipeline.validate.check_run`): nothing is checked twice."""
+    return run_in_folder(config, out_dir, rerun, check=False)

@@ -99,6 +99,7 @@ from pathlib import Path
 import flows.ulmfit_flow as flow
 from pipeline.artifacts import write_manifest
 from pipeline.config import load_config
+from pipeline.stages.context import StageResult
 
 def fake_launch(stage, cfg, upstream, out_dir, key):
     with open(sys.argv[3], "a") as fh:
@@ -109,6 +110,7 @@ def fake_launch(stage, cfg, upstream, out_dir, key):
     (folder / "model.pt").write_bytes(b"weights")
     (folder / "metrics.json").write_text("{}")
     write_manifest(folder, key)
+    return StageResult(stage, out_dir, {})
 
 logging.basicConfig(level=logging.INFO)
 flow.launch = fake_launch
