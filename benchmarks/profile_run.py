@@ -217,8 +217,10 @@ def main() -> None:
     stop = threading.Event()
     threading.Thread(target=sample_memory, args=(stop,), daemon=True).start()
     from flows.ulmfit_flow import ulmfit_config_flow
+    from pipeline.validate import check_run
 
     start = time.perf_counter()
+    check_run(cfg, args.out)  # what `ulmfit run` does before the flow
     ulmfit_config_flow(config=cfg, out_dir=args.out, rerun="pretrain")  # every stage computed, none from the store
     flow_secs = time.perf_counter() - start
     stop.set()

@@ -109,7 +109,8 @@ def _print_summary(summary: dict) -> None:
 def _cmd_ensemble(args) -> int:
     from pathlib import Path
 
-    from pipeline.ensemble import ENSEMBLE, classifier_folder, ensure
+    from pipeline.ensemble import ensure
+    from pipeline.layout import ENSEMBLE, classifier_folder
 
     folders = [classifier_folder(run) for run in args.runs]
     out = Path(args.out).expanduser().resolve() if args.out else folders[0].parent / ENSEMBLE
@@ -124,24 +125,21 @@ def _cmd_ensemble(args) -> int:
 
 def _cmd_compare(args) -> int:
     from flows.session import flow_session, interrupted_message, sigterm_as_interrupt
-    from pipeline.compare import grid
-    from pipeline.validate import check_run
+    from pipeline.compare import checked_grid, compare_command
 
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
     n_labels = [_whole_number("--n-labels", n) for n in split(args.n_labels)] if args.n_labels else None
     out, start = _out(args.out, f"runs/compare-{args.preset}"), time.perf_counter()
-    cells = grid(args.preset, split(args.backbones), split(args.variants), n_labels, args.overrides, out,  # validate first
+    grid_args = (args.preset, split(args.backbones), split(args.variants), n_labels, args.overrides, out,
                  args.seeds, args.reseed_lm)
     try:
         with sigterm_as_interrupt():
-            for cell in cells:  # every cell's inputs and outputs, before Prefect and any stage start
-                check_run(cell.config, out, cell.folders)
-            from flows.compare_flow import compare_flow
+            cells = checked_grid(*grid_args)  # every cell's inputs and outputs, before Prefect and any stage start
+            from flows.compare_flow import compare_cells_flow
 
             with flow_session(args.verbose):
-                result = compare_flow(preset=args.preset, backbones=split(args.backbones),
-                                      variants=split(args.variants), n_labels=n_labels, overrides=args.overrides,
-                                      out_dir=out, seeds=args.seeds, reseed_lm=args.reseed_lm, results=args.results)
+                result = compare_cells_flow(cells=cells, out_dir=out, command=compare_command(*grid_args),
+                                            results=args.results)
     except KeyboardInterrupt as stop:
         return _interrupted(interrupted_message(stop, Path(out).expanduser()))
     print(f"\nulmfit compare finished in {time.perf_counter() - start:.1f}s; report: {result['report']}")

@@ -16,12 +16,10 @@ from prefect import flow
 from flows.params import BackboneName, Preset
 from flows.ulmfit_flow import run_stages
 from pipeline.backbones import REGISTRY as BACKBONES
-from pipeline.compare import VARIANTS, cell_row, grid
+from pipeline.compare import VARIANTS, Cell, cell_row, checked_grid, compare_command
 from pipeline.compare_report import markdown, summarize, update_results, write_report
 from pipeline.config import RunConfig, load_config
-from pipeline.errors import ConfigError
 from pipeline.locking import run_dir_lock
-from pipeline.validate import check_run
 
 Variant = Literal[tuple(VARIANTS)]
 
@@ -58,24 +56,29 @@ def compare_flow(preset: Preset = "cpu", backbones: list[BackboneName] = list(BA
         results: A results file (e.g. RESULTS.md) whose marked section is rewritten from the report.
     """
     shown_out = out_dir or f"runs/compare-{preset}"
-    out = Path(shown_out).expanduser().resolve()
-    cells = grid(preset, list(backbones), list(variants), n_labels, overrides or [], out, seeds, reseed_lm)
-    if any(cell.config.model.direction == "both" for cell in cells):  # a cell runs one chain of stages
-        raise ConfigError("compare runs one direction per cell: model.direction=both is for `ulmfit run` "
-                          "(forward, backward and their ensemble in one run folder)")
-    for cell in cells:  # every cell's inputs and outputs before the first stage (passes the CLI made are not repeated)
-        check_run(cell.config, out, cell.folders)
+    cells = checked_grid(preset, list(backbones), list(variants), n_labels, overrides or [], shown_out, seeds,
+                         reseed_lm)
+    command = compare_command(preset, list(backbones), list(variants), n_labels, overrides or [], shown_out, seeds,
+                              reseed_lm)
+    return run_grid(cells, shown_out, command, results)
+
+
+@flow(name="compare", log_prints=True, persist_result=True, validate_parameters=False)
+def compare_cells_flow(cells: list[Cell], out_dir: str, command: str, results: Optional[str] = None) -> dict:
+    """The same flow for a grid that is already built and checked (what `ulmfit compare` passes, after
+    `checked_grid`): nothing is built or checked twice."""
+    return run_grid(cells, out_dir, command, results)
+
+
+def run_grid(cells: list[Cell], out_dir: str, command: str, results: Optional[str] = None) -> dict:
+    """Every checked cell as a `compare-cell` subflow under the folder's lock, then the report."""
+    out = Path(out_dir).expanduser().resolve()
     states, rows = {}, []
     with run_dir_lock(out):
         for cell in cells:
             summary = cell_flow(cell.name, cell.config, {stage: str(f) for stage, f in cell.folders.items()})
             states[cell.name] = {stage: info["state"] for stage, info in summary.items()}
             rows.append(cell_row(cell))
-        command = " ".join(["ulmfit compare", f"--preset {preset}", f"--backbones {','.join(backbones)}",
-                            f"--variants {','.join(variants)}"]
-                           + ([f"--n-labels {','.join(map(str, n_labels))}"] if n_labels else [])
-                           + ([f"--seeds {seeds}"] if seeds > 1 else []) + (["--reseed-lm"] if reseed_lm else [])
-                           + [f"--set {o}" for o in overrides or []] + [f"--out {shown_out}"])
         report = write_report(out, rows, command)
         if results:
             update_results(results, report, command + f" --results {results}")

@@ -57,6 +57,33 @@ class Cell:
         return f"{self.backbone}/{self.variant}{labels}/seed{self.seed}"
 
 
+def checked_grid(preset: str, backbones: list[str], variants: list[str], n_labels: list[int] | None,
+                 overrides: list[str], out_dir: str, seeds: int = 1, reseed_lm: bool = False) -> list[Cell]:
+    """Every cell of the grid (`pipeline.compare.grid`), each one's inputs and outputs checked
+    (`pipeline.validate`) before the first stage starts; cells that share a stage share its check."""
+    from pipeline.validate import check_run
+
+    out = Path(out_dir).expanduser().resolve()
+    cells = grid(preset, backbones, variants, n_labels, overrides, out, seeds, reseed_lm)
+    if any(cell.config.model.direction == "both" for cell in cells):  # a cell runs one chain of stages
+        raise ConfigError("compare runs one direction per cell: model.direction=both is for `ulmfit run` "
+                          "(forward, backward and their ensemble in one run folder)")
+    passed: set[str] = set()  # cells that share a stage's data share its check
+    for cell in cells:
+        check_run(cell.config, out, cell.folders, passed)
+    return cells
+
+
+def compare_command(preset: str, backbones: list[str], variants: list[str], n_labels: list[int] | None,
+                    overrides: list[str], out_dir: str, seeds: int = 1, reseed_lm: bool = False) -> str:
+    """The `ulmfit compare` command line that makes this grid (written into the report)."""
+    return " ".join(["ulmfit compare", f"--preset {preset}", f"--backbones {','.join(backbones)}",
+                     f"--variants {','.join(variants)}"]
+                    + ([f"--n-labels {','.join(map(str, n_labels))}"] if n_labels else [])
+                    + ([f"--seeds {seeds}"] if seeds > 1 else []) + (["--reseed-lm"] if reseed_lm else [])
+                    + [f"--set {o}" for o in overrides] + [f"--out {out_dir}"])
+
+
 def seed_list(preset: str, overrides: list[str], seeds: int) -> list[int]:
     if seeds < 1:
         raise ConfigError(f"compare --seeds must be at least 1, not {seeds}")

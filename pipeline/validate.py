@@ -12,8 +12,9 @@ call `check_run` first. Each problem raises one UlmfitError naming the file, row
 - outputs: the run directory, its lock file and every stage folder the run will replace
   (a folder or file ulmfit did not write is never replaced, see `artifacts.foreign_content`).
 
-A check that passed once in this process (same settings, same files) is not run again, so the
-CLI's check and the flow's cost one pass, and compare cells that share a stage share its check.
+Each run is checked once: `ulmfit run` and `ulmfit compare` check before Prefect starts and hand the
+flow what they checked; a flow started from the UI checks first. Compare's cells that share a stage's
+data share its check (`passed`, one set for the grid).
 """
 from __future__ import annotations
 
@@ -26,34 +27,33 @@ from pipeline.config import RunConfig
 from pipeline.data import is_registered, resolve_data_dir
 from pipeline.errors import ConfigError, RunDirError, UlmfitError
 from pipeline.locking import LOCK_NAME
-from pipeline.ensemble import chains, run_folders
+from pipeline.layout import chains, run_folders
 from pipeline.zoo import is_published
 
-_PASSED: set[str] = set()
-
-
-def check_run(cfg: RunConfig, run_dir: str | Path, folders: dict | None = None) -> None:
+def check_run(cfg: RunConfig, run_dir: str | Path, folders: dict | None = None, passed: set | None = None) -> None:
     """Raise one UlmfitError for the first problem found; return quietly when the run can start.
     `folders` (stage -> folder, as compare cells share them) default to every folder the run writes
-    (`pipeline.ensemble.run_folders`: each direction's stage folders and the ensemble's)."""
+    (`pipeline.layout.run_folders`: each direction's stage folders and the ensemble's). A check whose key is
+    in `passed` (same settings, same files) is skipped; each one that passes is added to it."""
+    passed = set() if passed is None else passed
     run_dir = Path(run_dir).expanduser().resolve()
     outputs = run_folders(cfg, run_dir) if folders is None else [Path(f).expanduser().resolve()
                                                                   for f in folders.values()]
     check_outputs(run_dir, outputs)
     settings = [cfg.device, cfg.tokenizer, cfg.model, cfg.classify, cfg.pretrain.bptt, cfg.adapt.bptt,
                 cfg.pretrain.init_from]
-    _once("settings", settings, cfg, check_settings)
-    _once("pretrain data", [cfg.pretrain, cfg.seed], cfg, _pretrain_data)
-    _once("adapt data", [cfg.adapt, cfg.seed], cfg, _adapt_data)
-    _once("classify data", [cfg.classify, cfg.seed], cfg, _classify_data)
+    _once("settings", settings, cfg, check_settings, passed)
+    _once("pretrain data", [cfg.pretrain, cfg.seed], cfg, _pretrain_data, passed)
+    _once("adapt data", [cfg.adapt, cfg.seed], cfg, _adapt_data, passed)
+    _once("classify data", [cfg.classify, cfg.seed], cfg, _classify_data, passed)
 
 
-def _once(what: str, depends_on: list, cfg: RunConfig, check) -> None:
-    """Run `check(cfg)` unless it passed before in this process for the same settings and files."""
+def _once(what: str, depends_on: list, cfg: RunConfig, check, passed: set) -> None:
+    """Run `check(cfg)` unless it passed before for the same settings and files (its key is in `passed`)."""
     key = _memo_key(what, depends_on, cfg)
-    if key not in _PASSED:
+    if key not in passed:
         check(cfg)
-        _PASSED.add(key)
+        passed.add(key)
 
 
 # --- outputs ---------------------------------------------------------------------------------
