@@ -245,7 +245,11 @@ def _read_parquet(path: Path, cols: list[str]) -> pd.DataFrame:
 def _read_delimited(path: Path, sep: str, header: int | None = 0) -> pd.DataFrame:
     text = _decode(path, path.read_bytes())
     if header is not None:  # pandas would rename a second "text" to "text.1" and read the first silently
-        _refuse_duplicates(path, next(csv.reader(io.StringIO(text), delimiter=sep), []))
+        try:  # newline="": a lone carriage return is a line break to csv, as to pandas (not an error)
+            header_row = next(csv.reader(io.StringIO(text, newline=""), delimiter=sep), [])
+        except csv.Error as e:
+            raise DataError(f"{path}: cannot read the header row: {e}") from e
+        _refuse_duplicates(path, header_row)
     try:  # dtype=str, no NA guessing: a review that says "NA" is text, not a missing value
         return pd.read_csv(io.StringIO(text), sep=sep, header=header, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError as e:
