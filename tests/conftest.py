@@ -86,7 +86,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, data_dir):
     """One finished `ulmfit run --preset smoke`, trained once per session (with a cache dir of its own),
-    for the tests that only read a run: predict, the notebooks. A test that needs to change a run or
+    for the tests that only read a run: predict, the notebooks, the 2-process run's reference. A test that needs to change a run or
     to see stages computed trains its own. Every stage folder must still match its manifest at the end."""
     from flows.cli import main
     from pipeline.artifacts import verify_folder
@@ -157,7 +157,7 @@ def served(prefect_server, tmp_path_factory):
             yield {"proc": proc, "deployment": deployments["ulmfit/smoke"], "deployments": deployments,
                    "log": log_path, "server": prefect_server}
     finally:
-        stop_process_group(proc)
+        stop_process_group(proc, grace=5.0)  # its runs are over; a 20 s grace for SIGINT was most of its teardown
 
 
 # --- real small and read-only filesystems (disk full, read-only --out) -----------------------------

@@ -82,10 +82,11 @@ def _ddp_run(root, backbone):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, data_dir):
+def runs(tmp_path_factory, smoke_run):
+    """The 2-process run, and the session's single-process smoke run (awd_lstm, nproc=1) as its reference."""
     root = tmp_path_factory.mktemp("ddp-awd_lstm")
     ddp_dir, states, output = _ddp_run(root / "ddp", "awd_lstm")
-    return _single_run(root / "single", "awd_lstm"), ddp_dir, states, output
+    return smoke_run, ddp_dir, states, output
 
 
 def test_two_process_flow_completes(runs):

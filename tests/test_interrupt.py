@@ -64,14 +64,15 @@ def _without_session_server() -> dict:
 
 @pytest.fixture
 def run_until_training(tmp_path, data_dir):
-    """Start `ulmfit run` (its own session, like a terminal's job) and return it once stage 2 trains."""
+    """Start `ulmfit run` (its own session, like a terminal's job) and return it once stage 2 trains (no frozen
+    epoch first: it would only delay the interrupt)."""
     log_path = tmp_path / "run.log"
     procs = []
 
     def start():
         log = open(log_path, "w")
         proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--preset", "smoke", "--out",
-                                 str(tmp_path / "run"), "--set", "adapt.epochs=20"], cwd=REPO, stdout=log,
+                                 str(tmp_path / "run"), "--set", "adapt.epochs=20", "--set", "adapt.frozen_epochs=0"], cwd=REPO, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_terminal_job,
                                 env={**_without_session_server(), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
         procs.append(proc)
