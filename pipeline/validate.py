@@ -139,9 +139,11 @@ def _probe_models(cfg: RunConfig) -> None:
     vocab = 2 * WORD_SPECIALS.n_reserved + 8
     arch = backbone.make_arch(vocab, cfg.model, WORD_SPECIALS)
     limit = backbone.max_seq_len(arch)
-    for stage in ("pretrain", "adapt"):
-        bptt = getattr(cfg, stage).bptt
-        if limit is not None and bptt > limit:
+    from pipeline.stages.registry import REGISTRY
+
+    for stage in (name for name, entry in REGISTRY.items() if entry.model_kind == "lm"):  # every LM stage
+        bptt = getattr(getattr(cfg, stage, None), "bptt", None)
+        if limit is not None and bptt is not None and bptt > limit:
             raise ConfigError(f"{stage}.bptt={bptt} exceeds the {backbone.name} model's {limit} positions")
     ids = torch.randint(WORD_SPECIALS.n_reserved, vocab, (2, 8))
     torch_state = torch.get_rng_state()  # the probe must not shift the run's random numbers
