@@ -84,6 +84,7 @@ def test_each_preset_form_opens_with_its_values(served, page):
         page.screenshot(path=str(folder / "ui-custom-run-form.png"), full_page=True)
 
 
+@pytest.mark.slow
 def test_custom_run_from_the_ui(served, page, tmp_path):
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings

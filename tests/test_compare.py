@@ -19,6 +19,7 @@ def compare_dir(tmp_path_factory, data_dir):
     return tmp_path_factory.mktemp("compare") / "out"
 
 
+@pytest.mark.slow
 def test_compare_with_seeds_baseline_and_probe(compare_dir, tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Results\n\nA reading that stays.\n")
@@ -56,6 +57,7 @@ def test_compare_with_seeds_baseline_and_probe(compare_dir, tmp_path):
     assert "--seeds 2" in text and (tmp_path / "docs" / "out.png").exists()
 
 
+@pytest.mark.slow
 def test_adding_a_backbone_computes_only_its_cells(compare_dir):
     proc = ulmfit("compare", "--preset", "smoke", "--backbones", "awd_lstm,gpt", "--variants", "full,no_adapt",
                   "--seeds", "2", "--out", str(compare_dir))

@@ -89,6 +89,7 @@ def runs(tmp_path_factory, smoke_run):
     return smoke_run, ddp_dir, states, output
 
 
+@pytest.mark.slow
 def test_two_process_flow_completes(runs):
     _, _, states, output = runs
     assert states == {s: "Completed" for s in STAGES}
@@ -96,6 +97,7 @@ def test_two_process_flow_completes(runs):
         assert output.count(f"distributed: rank {rank} of 2 (gloo)") == 3
 
 
+@pytest.mark.slow
 def test_same_layout_and_shapes_as_single_process(runs):
     single, ddp, _, _ = runs
     for stage in STAGES:
@@ -106,6 +108,7 @@ def test_same_layout_and_shapes_as_single_process(runs):
         assert all(torch.isfinite(v.float()).all() for v in ours.values())
 
 
+@pytest.mark.slow
 def test_global_metrics_are_sane(runs):
     _, ddp, _, _ = runs
     pre, ada, cla = (read_metrics(ddp / s) for s in STAGES)
@@ -115,6 +118,7 @@ def test_global_metrics_are_sane(runs):
     assert pre["train_tokens"] == read_metrics(runs[0] / "pretrain")["train_tokens"]  # global token count
 
 
+@pytest.mark.slow
 def test_manifest_key_is_the_single_process_key(runs):
     from pipeline.store import stage_key
 

@@ -125,6 +125,7 @@ def test_predict_command(first_run):
 
 # gpt with the spaCy tokenizer goes through the flow and its cache in tests/test_compare.py
 # (test_adding_a_backbone_computes_only_its_cells), and `ulmfit predict` on it in tests/test_export.py.
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone, tokenizer", [("bert", "wordpiece"), ("gpt", "bpe")])
 def test_transformer_backbones_through_the_smoke_flow(backbone, tokenizer, tmp_path, data_dir):
     """The same three stages, caching and artifacts with the backbone (and tokenizer) as one setting."""

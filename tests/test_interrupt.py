@@ -136,6 +136,7 @@ def test_kill_9_takes_the_server_with_it(run_until_training):
     _nothing_left(proc, port)
 
 
+@pytest.mark.slow
 def test_a_server_that_dies_mid_run_stops_it_in_one_line(run_until_training):
     """Issue 24, defect 2: after `kill -9` of the Prefect server the run trained on for ~8 minutes and
     ended in 4 tracebacks. Now it notices within seconds and says in one line how to resume (status 75)."""

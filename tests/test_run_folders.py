@@ -62,6 +62,7 @@ def test_a_new_folder_gets_every_matching_stage_from_the_cache(root, first_x):
     assert_reads_only(proc, root / "Y")
 
 
+@pytest.mark.slow
 def test_another_folders_new_settings_never_leak_into_this_folder(root, first_x):
     changed = run(root / "Y", "--set", "pretrain.lr=0.05")
     assert changed.states == dict.fromkeys(STAGES, "Completed")
@@ -71,6 +72,7 @@ def test_another_folders_new_settings_never_leak_into_this_folder(root, first_x)
     assert_reads_only(again, root / "X")
 
 
+@pytest.mark.slow
 def test_deleting_or_moving_other_folders_never_breaks_a_run(root, first_x):
     shutil.rmtree(root / "Y")
     (root / "X").rename(root / "X2")

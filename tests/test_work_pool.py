@@ -80,6 +80,7 @@ def _final(run) -> bool:
     return run.state is not None and run.state.is_final()
 
 
+@pytest.mark.slow
 def test_a_work_pool_worker_runs_the_deployed_flows(pool_env, tmp_path):
     from prefect import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId

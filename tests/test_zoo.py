@@ -86,12 +86,14 @@ def from_zoo(zoo, tmp_path_factory):
     return {"cfg": cfg, "run": root / "run", "cache": root / "cache"}
 
 
+@pytest.mark.slow
 def test_the_published_archive_is_downloaded_once_into_the_cache(from_zoo):
     unpacked = from_zoo["cache"] / "models" / "wt103-fwd"
     assert sorted(p.name for p in unpacked.iterdir()) == ["itos_wt103.pkl", "lstm_fwd.pth"]
     assert not list((from_zoo["cache"] / "models").glob("*.tgz"))  # the archive goes once unpacked
 
 
+@pytest.mark.slow
 def test_stage_1_from_the_zoo_scores_as_fastai_loads_it(zoo, from_zoo):
     """Next-token log-probabilities of our stage-1 model against fastai's own loading of the same files."""
     from fastai.text.all import AWD_LSTM, awd_lstm_lm_config, language_model_learner
@@ -124,6 +126,7 @@ def test_stage_1_from_the_zoo_scores_as_fastai_loads_it(zoo, from_zoo):
             assert torch.allclose(logp[0], logp[1], atol=1e-5), (logp[0] - logp[1]).abs().max()
 
 
+@pytest.mark.slow
 def test_stages_2_and_3_run_from_the_published_model(from_zoo):
     from pipeline.artifacts import read_metrics
 
