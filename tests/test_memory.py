@@ -11,9 +11,23 @@ import pipeline.training as training
 from pipeline.stages import registry
 
 
-def test_trim_heap_is_callable_here():
-    memory.trim_heap()  # glibc here; a no-op elsewhere, never an error
+def test_trim_heap_returns_freed_heap_pages_to_the_os():
+    """~200 MB of malloc'd blocks freed around survivors stay in the process until trim_heap (measured here:
+    225 MB -> 28 MB RSS). Without glibc trim_heap is a no-op, never an error."""
+    import platform
+
+    import psutil
+
     memory.release_memory()
+    if platform.libc_ver()[0] != "glibc":
+        assert memory._MALLOC_TRIM is None
+        return
+    blocks = [bytes(2048) for _ in range(100_000)]  # 2 KB each: malloc, not Python's small-object arenas
+    kept = blocks[::50]  # survivors between the freed blocks: free() alone cannot hand those holes back
+    del blocks
+    held = psutil.Process().memory_info().rss
+    memory.trim_heap()
+    assert psutil.Process().memory_info().rss < held - 100e6 and len(kept) == 2000
 
 
 def test_trim_every_n_training_batches_and_after_validation(monkeypatch):
