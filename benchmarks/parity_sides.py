@@ -25,7 +25,7 @@ from fastai.text.all import (AWD_LSTM, awd_lstm_clas_config, awd_lstm_lm_config,
 from torch import nn
 
 from pipeline import hf_backbones as hf
-from pipeline.artifacts import ModelFile
+from pipeline.model_file import ModelFile
 from pipeline.bn_stats import RecomputeBNStats
 from pipeline.lm import LMData, evaluate, final_scores, lm_learner, lm_loader
 from pipeline.stages import classify

@@ -25,7 +25,9 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.artifacts import MANIFEST, atomic_dir, load_model_file, verify_folder
+from pipeline.artifacts import MANIFEST, atomic_dir, verify_folder
+
+from pipeline.model_file import load_model_file
 from pipeline.backbones import get_backbone
 from pipeline.errors import ArtifactError, ConfigError
 from pipeline.stages.registry import REGISTRY

@@ -23,7 +23,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.artifacts import ModelFile, load_model_file, read_metrics
+from pipeline.artifacts import read_metrics
+
+from pipeline.model_file import ModelFile, load_model_file
 from pipeline.errors import ArtifactError
 from pipeline.layout import stage_dir
 from pipeline.stages.registry import REGISTRY, classifier_stage, stage_names

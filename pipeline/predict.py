@@ -16,7 +16,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 import torch
 
-from pipeline.artifacts import load_model_file
+from pipeline.model_file import load_model_file
 from pipeline.config import ClassifyConfig
 from pipeline.data import MAX_DOC_CHARS, load_corpus
 from pipeline.direction import model_direction

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.artifacts import load_model_file, write_stage
+from pipeline.artifacts import write_stage
+
+from pipeline.model_file import load_model_file
 from pipeline.cards import card
 from pipeline.stages.context import StageContext, StageResult
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from pipeline import artifacts
-from pipeline.artifacts import ModelFile, is_complete, load_model_file, read_manifest, verify_folder, write_stage
+from pipeline.artifacts import is_complete, read_manifest, verify_folder, write_stage
+from pipeline.model_file import ModelFile, load_model_file
 from pipeline.errors import ArtifactError
 
 

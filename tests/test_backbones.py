@@ -176,7 +176,7 @@ def test_every_backbone_is_registered():
 @pytest.mark.parametrize("name", ["gpt", "bert"])
 def test_init_from_seeds_or_skips_stage_one(tmp_path, name, data_dir):
     """A user's local checkpoint replaces the random start; with epochs=0 stage 1 only evaluates it."""
-    from pipeline.artifacts import load_model_file
+    from pipeline.model_file import load_model_file
     from pipeline.stages import adapt, pretrain
     from pipeline.stages.context import make_context
 

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.artifacts import ModelFile, read_metrics
+from pipeline.artifacts import read_metrics
+
+from pipeline.model_file import ModelFile
 from pipeline.backbones import REGISTRY, get_backbone
 from pipeline.bn_stats import BN_TYPES, recompute_bn_stats
 from pipeline.config import ClassifyConfig, load_config

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from pipeline import distributed
-from pipeline.artifacts import load_model_file, read_manifest, read_metrics
+from pipeline.artifacts import read_manifest, read_metrics
+from pipeline.model_file import load_model_file
 from pipeline.config import load_config
 from pipeline.scores import PREDICTIONS_FILE
 from pipeline.stages.registry import stage_names

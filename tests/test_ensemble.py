@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.artifacts import is_complete, load_model_file, read_metrics, write_files
+from pipeline.artifacts import is_complete, read_metrics, write_files
+
+from pipeline.model_file import load_model_file
 from pipeline.config import ClassifyConfig, load_config
 from pipeline.direction import model_direction, orient
 from pipeline.ensemble import ensemble_key, write_ensemble

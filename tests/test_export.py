@@ -42,7 +42,7 @@ def test_the_exported_model_loads_in_transformers_and_gives_our_logits(lm_run, t
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     from flows.cli import main
-    from pipeline.artifacts import load_model_file
+    from pipeline.model_file import load_model_file
     from pipeline.backbones import get_backbone
     from pipeline.text import encoder_from_state
 

@@ -51,7 +51,8 @@ def test_a_training_step_at_full_size(name):
 @pytest.mark.slow  # about a minute per backbone on 2 cores
 @pytest.mark.parametrize("name", BACKBONES)
 def test_every_stage_of_the_full_preset_runs_at_full_size(name, tmp_path, data_dir):
-    from pipeline.artifacts import load_model_file, read_metrics
+    from pipeline.artifacts import read_metrics
+    from pipeline.model_file import load_model_file
     from pipeline.stages.context import make_context
     from pipeline.stages.registry import run_stage
     from pipeline.validate import check_run

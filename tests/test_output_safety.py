@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from flows.cli import main
-from pipeline.artifacts import ModelFile, atomic_dir, foreign_content, write_stage
+from pipeline.artifacts import atomic_dir, foreign_content, write_stage
+from pipeline.model_file import ModelFile
 from pipeline.checkpoint import Checkpointer
 from pipeline.compare_report import write_report
 from pipeline.errors import ArtifactError

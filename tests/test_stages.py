@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.artifacts import is_complete, load_model_file, read_metrics
+from pipeline.artifacts import is_complete, read_metrics
+
+from pipeline.model_file import load_model_file
 from pipeline.config import load_config
 from pipeline.errors import ArtifactError, DataError
 from pipeline.predict import predict

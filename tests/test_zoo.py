@@ -98,7 +98,7 @@ def test_stage_1_from_the_zoo_scores_as_fastai_loads_it(zoo, from_zoo):
     """Next-token log-probabilities of our stage-1 model against fastai's own loading of the same files."""
     from fastai.text.all import AWD_LSTM, awd_lstm_lm_config, language_model_learner
 
-    from pipeline.artifacts import load_model_file
+    from pipeline.model_file import load_model_file
     from pipeline.backbones import get_backbone
     from pipeline.text import encoder_from_state
 

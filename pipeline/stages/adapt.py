@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.accel import resolve_precision, wants_compile
-from pipeline.artifacts import ModelFile, load_model_file
+from pipeline.model_file import ModelFile, load_model_file
 from pipeline.backbones import get_backbone, with_vocab
 from pipeline.config import AdaptConfig, RunConfig
 from pipeline.data import is_registered, load_corpus, resolve_data_dir

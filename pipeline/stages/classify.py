@@ -21,7 +21,8 @@ from fastai.text.data import SortedDL, pad_chunk
 
 from pipeline import distributed
 from pipeline.accel import inference_autocast, resolve_precision, wants_compile
-from pipeline.artifacts import ModelFile, cpu_state, load_model_file, write_stage
+from pipeline.artifacts import write_stage
+from pipeline.model_file import ModelFile, cpu_state, load_model_file
 from pipeline.backbones import get_backbone
 from pipeline.baseline import pooled_features, same_sample_baselines
 from pipeline.bn_stats import RecomputeBNStats

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.artifacts import ModelFile, cpu_state, write_stage
+from pipeline.artifacts import write_stage
+
+from pipeline.model_file import ModelFile, cpu_state
 from pipeline.cards import card, loss_plot
 from pipeline.config import stage_config
 from pipeline.stages.context import StageContext, StageResult
