@@ -224,7 +224,7 @@ register(Backbone(
     load_checkpoint=_awd_load_checkpoint,
     check_checkpoint=_awd_check_checkpoint,
     scorer=scorers.awd_lstm_scorer,
-    cpu_bf16=True,  # 1.34x the fp32 tokens/s at +0.99 % validation loss after 30 steps (native bf16, BENCHMARKS.md)
+    cpu_bf16=True,  # 1.34x / 1.57x the fp32 tokens/s on two AMD EPYCs with native bf16, +0.99 % valid loss after 30 steps (BENCHMARKS.md)
 ))
 
 register(Backbone(
@@ -247,7 +247,7 @@ register(Backbone(
     save_pretrained=hf.save_pretrained,
     scorer=scorers.transformer_scorer,
     compilable=True,
-    cpu_bf16=True,  # 1.66x the fp32 tokens/s at +0.15 % validation loss (native bf16, BENCHMARKS.md)
+    cpu_bf16=True,  # 1.66x / 1.41x the fp32 tokens/s on two AMD EPYCs with native bf16, +0.15 % valid loss (BENCHMARKS.md)
 ))
 
 register(Backbone(
@@ -272,5 +272,5 @@ register(Backbone(
     save_pretrained=hf.save_pretrained,
     scorer=scorers.transformer_scorer,
     compilable=True,
-    cpu_bf16=True,  # 1.42x the fp32 tokens/s at -0.13 % validation loss (native bf16, BENCHMARKS.md)
+    cpu_bf16=True,  # 1.42x / 1.48x the fp32 tokens/s on two AMD EPYCs with native bf16, -0.13 % valid loss (BENCHMARKS.md)
 ))
