@@ -21,7 +21,7 @@ BACKBONES = list(REGISTRY)
 # test_a_training_step_at_full_size's, and stage 2 runs the stage's own loop at that size.
 TINY = ["pretrain.corpus=wikitext-2", "pretrain.max_docs=2", "pretrain.max_valid_docs=1", "pretrain.epochs=0",
         "adapt.max_docs=24", "adapt.max_valid_docs=4", "adapt.frozen_epochs=0", "adapt.epochs=1",
-        "classify.n_labels=32", "classify.n_valid=16", "classify.n_test=32", "classify.bs=16",
+        "classify.n_labels=16", "classify.n_valid=8", "classify.n_test=16", "classify.bs=16",
         "classify.max_tokens=160", "classify.epochs_per_phase=[1,0,0,1]", "classify.baselines=false"]
 
 
@@ -66,4 +66,4 @@ def test_every_stage_of_the_full_preset_runs_at_full_size(name, tmp_path, data_d
     expected = cfg.model.sizes().model_dump()
     assert {k: sizes[k] for k in expected if k in sizes} == {k: v for k, v in expected.items() if k in sizes}
     metrics = read_metrics(tmp_path / "run" / "classify")
-    assert metrics["test_size"] == 32 and 0 <= metrics["test_accuracy"] <= 1
+    assert metrics["test_size"] == 16 and 0 <= metrics["test_accuracy"] <= 1
