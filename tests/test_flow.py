@@ -1,5 +1,8 @@
 """End to end through the real `ulmfit` command: the smoke flow, caching, reruns, errors, predict."""
+import contextlib
+import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -7,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -22,6 +26,37 @@ def ulmfit(*args, timeout=600):
                           timeout=timeout)
     proc.wall = time.perf_counter() - start
     proc.output = proc.stdout + proc.stderr
+    proc.states = dict(STAGE_LINE.findall(proc.stdout))
+    return proc
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def ulmfit_here(*args):
+    """`ulmfit(*args)` in this process (no interpreter start-up, ~3 s of imports each): what it prints, and the
+    log lines of the stages and of Prefect. The real command in a fresh process is `first_run`'s (and
+    test_new_user's and test_packaging's)."""
+    from flows.cli import main
+
+    lines, loggers = _Lines(), [logging.getLogger("ulmfit"), logging.getLogger("prefect")]
+    out, err = io.StringIO(), io.StringIO()
+    for logger in loggers:
+        logger.addHandler(lines)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        for logger in loggers:
+            logger.removeHandler(lines)
+    proc = SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+    proc.output = proc.stdout + proc.stderr + "\n".join(lines.lines)
     proc.states = dict(STAGE_LINE.findall(proc.stdout))
     return proc
 
@@ -46,7 +81,7 @@ def test_smoke_flow_runs_all_stages(first_run):
 
 def test_second_run_is_fully_cached(first_run):
     run_dir, _ = first_run
-    proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir))
+    proc = ulmfit_here("run", "--preset", "smoke", "--out", str(run_dir))
     assert proc.returncode == 0, proc.output[-3000:]
     assert proc.states == {"pretrain": "Cached", "adapt": "Cached", "classify": "Cached"}
     # No wall-clock assertion (machines here are noisy): the cached-rerun time is a benchmark (BENCHMARKS.md).
@@ -55,15 +90,16 @@ def test_second_run_is_fully_cached(first_run):
 
 def test_changed_classify_setting_reruns_only_classify(first_run):
     run_dir, _ = first_run
-    proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir), "--set", "classify.lrs=[0.03,0.01]")
+    proc = ulmfit_here("run", "--preset", "smoke", "--out", str(run_dir), "--set", "classify.lrs=[0.03,0.01]")
     assert proc.returncode == 0, proc.output[-3000:]
     assert proc.states == {"pretrain": "Cached", "adapt": "Cached", "classify": "Completed"}
     assert "tokenizing wikitext" not in proc.output
+    assert " epoch 1/" in proc.output  # the in-process capture sees the stages' log lines
 
 
 def test_rerun_forces_stage_and_downstream(first_run):
     run_dir, _ = first_run
-    proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir), "--rerun", "adapt")
+    proc = ulmfit_here("run", "--preset", "smoke", "--out", str(run_dir), "--rerun", "adapt")
     assert proc.returncode == 0, proc.output[-3000:]
     assert proc.states == {"pretrain": "Cached", "adapt": "Completed", "classify": "Completed"}
 
@@ -74,13 +110,13 @@ def test_deleted_artifact_is_replaced_not_trusted(first_run):
     run_dir, _ = first_run
     before = read_manifest(run_dir / "classify")
     (run_dir / "classify" / "model.pt").unlink()
-    proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir))
+    proc = ulmfit_here("run", "--preset", "smoke", "--out", str(run_dir))
     assert proc.returncode == 0, proc.output[-3000:]
     assert proc.states["classify"] == "Cached" and read_manifest(run_dir / "classify") == before
     assert is_complete(run_dir / "classify", before["cache_key"])
     shutil.rmtree(Path(os.environ["ULMFIT_CACHE_DIR"]) / "stages" / before["cache_key"])
     (run_dir / "classify" / "model.pt").unlink()
-    proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir))
+    proc = ulmfit_here("run", "--preset", "smoke", "--out", str(run_dir))
     assert proc.returncode == 0, proc.output[-3000:]
     assert proc.states["classify"] == "Completed" and is_complete(run_dir / "classify", before["cache_key"])
 
@@ -91,7 +127,7 @@ def test_corrupted_artifact_is_recomputed_not_loaded(first_run):
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte inside the weights
     model.write_bytes(bytes(data))  # in place: the store's hard link to this file is damaged too
-    proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir))
+    proc = ulmfit_here("run", "--preset", "smoke", "--out", str(run_dir))
     assert proc.returncode == 0, proc.output[-3000:]
     assert proc.states["pretrain"] == "Completed"
     assert is_complete(run_dir / "pretrain")
@@ -101,7 +137,7 @@ def test_bad_input_fails_cleanly_and_writes_nothing(first_run, tmp_path):
     run_dir, _ = first_run
     before = read_manifest(run_dir / "classify")
     missing = tmp_path / "no_such_reviews.csv"
-    proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir), "--set", f"classify.corpus={missing}")
+    proc = ulmfit_here("run", "--preset", "smoke", "--out", str(run_dir), "--set", f"classify.corpus={missing}")
     assert proc.returncode == 2
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("ulmfit: error:")]
     assert len(error_lines) == 1 and "no_such_reviews.csv" in error_lines[0]
@@ -115,7 +151,7 @@ def test_bad_input_fails_cleanly_and_writes_nothing(first_run, tmp_path):
 
 def test_predict_command(first_run):
     run_dir, _ = first_run
-    proc = ulmfit("predict", "--run", str(run_dir), "What a great film!", "Awful.", "What a great film!")
+    proc = ulmfit_here("predict", "--run", str(run_dir), "What a great film!", "Awful.", "What a great film!")
     assert proc.returncode == 0, proc.output[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["text"] for r in rows] == ["What a great film!", "Awful.", "What a great film!"]
