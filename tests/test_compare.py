@@ -3,7 +3,7 @@ cell-level caching, and the results file it rewrites."""
 import pandas as pd
 import pytest
 
-from tests.test_flow import ulmfit
+from tests.test_flow import ulmfit_here as ulmfit  # in this process; the real command: test_flow.first_run
 
 CELL_LINE = r"^\s+(\S+/\S+/seed\d+)\s+pretrain=(\w+) adapt=(\w+) classify=(\w+)"
 

@@ -17,7 +17,8 @@ from pipeline.layout import chains
 from pipeline.errors import ArtifactError, ConfigError
 from pipeline.scores import PREDICTIONS_FILE, predictions_table, read_predictions, table_bytes
 from pipeline.store import stage_key
-from tests.test_flow import WORK_MARKERS, ulmfit
+from tests.test_flow import WORK_MARKERS
+from tests.test_flow import ulmfit_here as ulmfit  # in this process; the real command: test_flow.first_run
 
 BOS = 2
 SUMMARY = re.compile(r"^  ([\w-]+)\s+(Completed|Cached)\s+[\d.]+s  (.*?): ([\d.]+)  -> ", re.M)

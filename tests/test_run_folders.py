@@ -11,7 +11,8 @@ import shutil
 import pytest
 
 from pipeline.artifacts import read_manifest, read_metrics
-from tests.test_flow import WORK_MARKERS, ulmfit
+from tests.test_flow import WORK_MARKERS
+from tests.test_flow import ulmfit_here as ulmfit  # in this process; the real command: test_flow.first_run
 
 STAGES = ("pretrain", "adapt", "classify")
 BASE = ("run", "--preset", "smoke", "--set", "seed=13")
