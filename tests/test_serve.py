@@ -165,7 +165,8 @@ def test_serve_starts_its_own_server_and_stops_on_ctrl_c(tmp_path):
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--port", str(port)], env=env,
-                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_terminal_job)
     try:
         while "Press Ctrl-C" not in _log_tail(log_path):
             assert proc.poll() is None, _log_tail(log_path)
@@ -173,11 +174,17 @@ def test_serve_starts_its_own_server_and_stops_on_ctrl_c(tmp_path):
         assert f"Prefect UI: http://127.0.0.1:{port}" in _log_tail(log_path)
         assert is_healthy(f"http://127.0.0.1:{port}/api")
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
-        assert proc.wait() == 0, _log_tail(log_path)
+        assert proc.wait(timeout=60) == 0, _log_tail(log_path)
         assert "ulmfit serve: stopped." in _log_tail(log_path)
         assert not is_healthy(f"http://127.0.0.1:{port}/api")
     finally:
         stop_process_group(proc)
+
+
+def _terminal_job() -> None:
+    """Ctrl-C as a terminal's job gets it. A shell starts background jobs (`nohup pytest ... &`) with SIGINT
+    ignored, children inherit that, and `ulmfit serve` then never sees the Ctrl-C (this test hung once so)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _log_tail(path: Path, n: int = 3000) -> str:
