@@ -77,6 +77,7 @@ def test_compare_rejects_unknown_names(tmp_path):
     assert proc.returncode == 2 and "half" in proc.stderr
 
 
+@pytest.mark.slow  # reads what test_compare_with_seeds_baseline_and_probe (slow) wrote
 def test_compare_notebook_reads_the_real_report(compare_dir, monkeypatch):
     """4_compare.ipynb on what `ulmfit compare` wrote (tests/test_notebooks.py runs it on a plain run)."""
     from tests.test_notebooks import execute, outputs_text
