@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from pipeline.model_file import load_model_file
+from pipeline.artifacts.model_file import load_model_file
 
 PAIRS = [("good", "bad"), ("great", "terrible"), ("best", "worst"), ("excellent", "awful"), ("love", "hate"),
          ("good", "great"), ("bad", "awful")]

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.throughput import measure
-from pipeline.artifacts import read_metrics
-from pipeline.backbones import REGISTRY
+from pipeline.artifacts.stage_folder import read_metrics
+from pipeline.models.backbones import REGISTRY
 from pipeline.stages.registry import REGISTRY as STAGES
 
 

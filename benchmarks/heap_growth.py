@@ -4,7 +4,7 @@ Runs the `pretrain` stage (the `cpu` preset, on `--docs` WikiText-2 articles) wi
 every 25 training batches, collects garbage, sums the storage of every live CPU tensor
 (`gc.get_objects()`) and prints the RSS; with --trim it then calls glibc's `malloc_trim(0)` and
 prints the RSS again. Live tensors that stay flat while the RSS grows, and a trim that gives the
-growth back, mean free heap kept by malloc (BENCHMARKS.md, "Memory"). Note: since pipeline/memory.py,
+growth back, mean free heap kept by malloc (BENCHMARKS.md, "Memory"). Note: since pipeline/training/memory.py,
 every Learner already trims every 20 batches; --no-pipeline-trim takes that callback out to see the
 growth it prevents.
 
@@ -21,8 +21,8 @@ import torch
 from fastai.callback.core import Callback
 from fastai.learner import defaults
 
-import pipeline.training as training
-from pipeline.memory import trim_heap
+import pipeline.training.learner as training
+from pipeline.training.memory import trim_heap
 
 PROCESS = psutil.Process()
 

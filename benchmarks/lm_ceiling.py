@@ -4,7 +4,7 @@ All sides train the same AWD-LSTM language model (the preset's sizes and vocabul
 initial weights), on the same token stream cut the same way (bs rows, bptt windows, the hidden state
 carried across batches), in the precision `auto` picks on this CPU (or --precision):
 
-- ours:           `pipeline.lm.lm_learner` + `pipeline.training.fit`, what stages 1-2 run: fastai's
+- ours:           `pipeline.training.lm.lm_learner` + `pipeline.training.learner.fit`, what stages 1-2 run: fastai's
                   Learner, LMDataLoader, Adam, one-cycle, AR/TAR callbacks, the stage's callbacks.
 - bare:           a plain torch loop: forward, cross-entropy + the same AR/TAR terms, backward,
                   torch.optim.AdamW (foreach), OneCycleLR. Same regularisation, no fastai.
@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback
 
-from pipeline.accel import cpu_model, resolve_precision
-from pipeline.backbones import get_backbone
 from pipeline.config import load_config
-from pipeline.lm import LMData, lm_learner
-from pipeline.text import WORD_SPECIALS
-from pipeline.training import EpochLog, count_params, fit, pick_device, seed_everything
+from pipeline.data.encoders import WORD_SPECIALS
+from pipeline.models.backbones import get_backbone
+from pipeline.training.accel import cpu_model, resolve_precision
+from pipeline.training.learner import EpochLog, count_params, fit, pick_device, seed_everything
+from pipeline.training.lm import LMData, lm_learner
 
 WARMUP = 3
 

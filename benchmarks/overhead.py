@@ -34,11 +34,11 @@ from fastai.text.all import AWD_LSTM, awd_lstm_lm_config, awd_lstm_lm_split, get
 from fastai.text.data import LMDataLoader
 
 from pipeline.config import load_config
-from pipeline.lm import lm_data
+from pipeline.data.encoders import fit_encoder
 from pipeline.stages import pretrain
 from pipeline.stages.context import make_context
-from pipeline.text import fit_encoder
-from pipeline.training import seed_everything
+from pipeline.training.learner import seed_everything
+from pipeline.training.lm import lm_data
 
 
 def bare(cfg) -> float:
@@ -49,7 +49,7 @@ def bare(cfg) -> float:
     train_texts, valid_texts = pretrain.corpus_texts(cfg)
     encoder = fit_encoder(cfg.tokenizer, train_texts, pc.min_freq, pc.max_vocab, cfg.cache_dir, f"{pc.corpus}/train")
     data = lm_data(encoder, train_texts, valid_texts, pc.corpus)
-    config = {**awd_lstm_lm_config, "emb_sz": sizes.emb_sz, "n_hid": sizes.n_hid, "n_layers": sizes.n_layers}  # as pipeline.backbones._awd_lm
+    config = {**awd_lstm_lm_config, "emb_sz": sizes.emb_sz, "n_hid": sizes.n_hid, "n_layers": sizes.n_layers}  # as pipeline.models.backbones._awd_lm
     model = get_language_model(AWD_LSTM, len(encoder.itos), config=config, drop_mult=cfg.model.drop_mult)
     dls = DataLoaders(LMDataLoader(data.train, bs=pc.bs, seq_len=pc.bptt, shuffle=True),
                       LMDataLoader(data.valid, bs=min(pc.bs, (data.n_valid_tokens - 1) // (pc.bptt + 1)), seq_len=pc.bptt))

@@ -41,7 +41,7 @@ Where ours differs from plain fastai on purpose:
   one LR: the same update. fastai's tutorial fine-tunes the unfrozen LM with one LR (2e-3); the
   reference here uses slice(lr/decay**k, lr) as our stage does, so recipes match setting for setting.
 - Before each evaluation our classifier re-estimates its head's BatchNorm statistics over the training
-  examples (classify.recompute_bn_stats, on by default; pipeline/bn_stats.py); fastai uses the running
+  examples (classify.recompute_bn_stats, on by default; pipeline/training/bn_stats.py); fastai uses the running
   averages from training. --set classify.recompute_bn_stats=false gives ours fastai's behaviour.
 - The reference loads the encoder with load_encoder's own body (clean_raw_keys, load_state_dict,
   freeze) but not its file round trip: it unpickles with weights_only=False, which this project never does.
@@ -84,17 +84,17 @@ import sys
 from pathlib import Path
 
 from benchmarks.parity_sides import Phase, Side, fastai_classifier, fastai_lm, ours_classifier, ours_lm, plain_gpt
-from pipeline.backbones import get_backbone, with_vocab
 from pipeline.config import RunConfig, load_config
-from pipeline.data import resolve_data_dir
-from pipeline.direction import single_direction
+from pipeline.data.corpora import resolve_data_dir
+from pipeline.data.encoders import fit_encoder
 from pipeline.errors import ConfigError, UlmfitError
-from pipeline.lm import lm_data
+from pipeline.models.backbones import get_backbone, with_vocab
+from pipeline.models.direction import single_direction
+from pipeline.models.vocab_transfer import transfer_embeddings
 from pipeline.stages import adapt, classify, pretrain
 from pipeline.stages.classify_data import load_splits
-from pipeline.text import fit_encoder
-from pipeline.training import pick_device, seed_everything
-from pipeline.transfer import transfer_embeddings
+from pipeline.training.learner import pick_device, seed_everything
+from pipeline.training.lm import lm_data
 
 LM_LOSS_REL_TOL = 0.02
 ACC_MIN_TOL = 0.02

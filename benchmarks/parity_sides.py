@@ -20,16 +20,25 @@ import torch.nn.functional as F
 from fastai.data.core import DataLoaders
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import Perplexity, accuracy
-from fastai.text.all import (AWD_LSTM, awd_lstm_clas_config, awd_lstm_lm_config, clean_raw_keys, get_model,
-                             language_model_learner, load_ignore_keys, match_embeds, text_classifier_learner)
+from fastai.text.all import (
+    AWD_LSTM,
+    awd_lstm_clas_config,
+    awd_lstm_lm_config,
+    clean_raw_keys,
+    get_model,
+    language_model_learner,
+    load_ignore_keys,
+    match_embeds,
+    text_classifier_learner,
+)
 from torch import nn
 
-from pipeline import hf_backbones as hf
-from pipeline.model_file import ModelFile
-from pipeline.bn_stats import RecomputeBNStats
-from pipeline.lm import LMData, evaluate, final_scores, lm_learner, lm_loader
+from pipeline.artifacts.model_file import ModelFile
+from pipeline.models import hf_backbones as hf
 from pipeline.stages import classify
-from pipeline.training import EpochLog, EpochSeed, discriminative, fit, make_learner, seed_everything
+from pipeline.training.bn_stats import RecomputeBNStats
+from pipeline.training.learner import EpochLog, EpochSeed, discriminative, fit, make_learner, seed_everything
+from pipeline.training.lm import LMData, evaluate, final_scores, lm_learner, lm_loader
 
 MOMS = (0.8, 0.7, 0.8)  # ULMFiT's beta1 cycle: our make_learner's and fastai's TextLearner default
 SQR_MOM, ADAM_EPS = 0.99, 1e-5  # Adam beta2 (ULMFiT) and fastai Adam's eps

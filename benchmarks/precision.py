@@ -19,13 +19,13 @@ import time
 import torch
 
 from benchmarks.throughput import WARMUP, BatchClock
-from pipeline.accel import cpu_has_bf16, cpu_model
-from pipeline.backbones import get_backbone
 from pipeline.config import load_config
-from pipeline.lm import LMData, lm_learner
+from pipeline.data.encoders import fit_encoder
+from pipeline.models.backbones import get_backbone
 from pipeline.stages.pretrain import corpus_texts
-from pipeline.text import fit_encoder
-from pipeline.training import EpochLog, count_params, fit, pick_device, seed_everything
+from pipeline.training.accel import cpu_has_bf16, cpu_model
+from pipeline.training.learner import EpochLog, count_params, fit, pick_device, seed_everything
+from pipeline.training.lm import LMData, lm_learner
 
 
 def token_data(cfg, n_batches: int):

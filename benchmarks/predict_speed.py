@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.accel import cpu_model
-from pipeline.data import load_corpus
-from pipeline.predict import Classifier, predict_stream
+from pipeline.data.corpora import load_corpus
+from pipeline.training.accel import cpu_model
+from pipeline.use.predict import Classifier, predict_stream
 
 TINY_CHAIN = ["pretrain.max_docs=4", "pretrain.max_valid_docs=2", "adapt.max_docs=40", "adapt.max_valid_docs=10",
               "classify.n_labels=60", "classify.n_valid=20", "classify.n_test=60", "classify.epochs_per_phase=[1]",

@@ -143,8 +143,8 @@ def install() -> None:
     import pandas as pd
     from fastai.learner import defaults
 
-    import pipeline.artifacts as artifacts
-    import pipeline.text as text
+    import pipeline.artifacts.stage_folder as artifacts
+    import pipeline.data.encoders as text
 
     defaults.callbacks = list(defaults.callbacks) + [PhaseTimer]
     for cls in (text.WordEncoder, text.SubwordEncoder):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline.artifacts import read_metrics
+from pipeline.artifacts.stage_folder import read_metrics
 
 ROWS = [
     ("pretrain wall time (s)", "pretrain", "wall_seconds", "{:.0f}"),

@@ -1,7 +1,7 @@
 """Training tokens/s per backbone at a preset's sizes: a short, fixed number of LM batches.
 
 The model, loader (LMDataLoader, the preset's bs x bptt) and Learner are the pipeline's own
-(`pipeline.lm.lm_learner`); the token stream is random ids over the preset's vocabulary size, so
+(`pipeline.training.lm.lm_learner`); the token stream is random ids over the preset's vocabulary size, so
 no tokenization is timed. The first WARMUP batches are excluded (allocator, first-call costs).
 The "model FLOP/s" column is the usual 6 x params x tokens/s estimate (forward 2N, backward 4N per
 token): a yardstick, not a profiler measurement.
@@ -17,12 +17,12 @@ import time
 import torch
 from fastai.callback.core import Callback
 
-from pipeline.accel import resolve_precision
-from pipeline.backbones import get_backbone
 from pipeline.config import load_config
-from pipeline.lm import LMData, lm_learner
-from pipeline.text import WORD_SPECIALS
-from pipeline.training import EpochLog, count_params, fit, pick_device, seed_everything
+from pipeline.data.encoders import WORD_SPECIALS
+from pipeline.models.backbones import get_backbone
+from pipeline.training.accel import resolve_precision
+from pipeline.training.learner import EpochLog, count_params, fit, pick_device, seed_everything
+from pipeline.training.lm import LMData, lm_learner
 
 WARMUP = 2
 

@@ -30,7 +30,7 @@ import psutil
 
 
 def build_text(mb: float, out: Path) -> dict:
-    from pipeline.data import load_corpus, resolve_data_dir
+    from pipeline.data.corpora import load_corpus, resolve_data_dir
 
     data_dir = resolve_data_dir()
     docs = []
@@ -55,7 +55,7 @@ def child(method: str, path: Path, workers: int) -> None:
     words = sum(len(t.split()) for t in texts)
     start = time.perf_counter()
     if method == "ours":
-        from pipeline.tokens import tokenize_cached
+        from pipeline.data.word_tokens import tokenize_cached
 
         with tempfile.TemporaryDirectory() as cache:
             corpus = tokenize_cached(texts, Path(cache), n_workers=workers)

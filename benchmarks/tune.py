@@ -1,7 +1,7 @@
 """Tuning log: run named configurations of a preset and record validation and test accuracy and wall time.
 
 Each configuration is a name and a list of `section.field=value` overrides. Its stages run in
-`OUT/<name>/<stage>` without Prefect, through the stage store (`pipeline.store`): a stage another
+`OUT/<name>/<stage>` without Prefect, through the stage store (`pipeline.artifacts.store`): a stage another
 configuration already computed with the same settings is linked in, not retrained, so classifier
 recipes on one language model cost one LM. Selection is by `valid_accuracy` (the classifier's last
 epoch on its validation hold-out); the test accuracy is recorded, never used to choose. Every
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.artifacts import read_metrics
+from pipeline.artifacts.layout import stage_folders
+from pipeline.artifacts.stage_folder import read_metrics
+from pipeline.artifacts.store import computing, keep, restore, stage_key
 from pipeline.config import load_config
 from pipeline.stages.context import make_context
-from pipeline.layout import stage_folders
 from pipeline.stages.registry import REGISTRY, run_stage
-from pipeline.store import computing, keep, restore, stage_key
 
 log = logging.getLogger("ulmfit")
 
@@ -50,7 +50,7 @@ def run_config(preset: str, name: str, overrides: list[str], out: Path) -> dict:
                  time.perf_counter() - start)
     cls = read_metrics(folders["classify"])
     lm = {s: read_metrics(folders[s]) for s in ("pretrain", "adapt")}
-    return {"name": name, "overrides": overrides, "valid_accuracy": cls.get("valid_accuracy"),
+    return {"name": name, "preset": preset, "overrides": overrides, "valid_accuracy": cls.get("valid_accuracy"),
             "test_accuracy": cls["test_accuracy"], "test_size": cls["test_size"],
             "tfidf_test_accuracy": cls.get("tfidf_test_accuracy"), "probe_test_accuracy": cls.get("probe_test_accuracy"),
             "probe_valid_accuracy": cls.get("probe_valid_accuracy"),

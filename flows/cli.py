@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import flows  # noqa: F401  (sets Prefect defaults before prefect is imported)
-from pipeline.backbones import REGISTRY as BACKBONES
 from pipeline.config import available_presets, load_config
 from pipeline.errors import ConfigError, UlmfitError
+from pipeline.models.backbones import REGISTRY as BACKBONES
 from pipeline.stages.registry import REGISTRY as STAGES
 
 
@@ -83,7 +83,7 @@ def _cmd_run(args) -> int:
     out, start = _out(args.out, f"runs/{args.preset}"), time.perf_counter()
     try:
         with sigterm_as_interrupt():
-            check_run(cfg, out)  # every input and output, before Prefect and any stage start
+            check_run(cfg, out, rerun=args.rerun)  # every input and output, before Prefect and any stage start
             from flows.ulmfit_flow import ulmfit_config_flow
 
             with flow_session(args.verbose):
@@ -97,7 +97,7 @@ def _cmd_run(args) -> int:
 
 def _print_summary(summary: dict) -> None:
     """One line per stage of each chain (pretrain, ..., pretrain-backward, ...) and the ensemble's."""
-    from pipeline.ensemble import HEADLINE
+    from pipeline.use.ensemble import HEADLINE
 
     width = max(9, *map(len, summary))
     for name, info in summary.items():
@@ -109,8 +109,8 @@ def _print_summary(summary: dict) -> None:
 def _cmd_ensemble(args) -> int:
     from pathlib import Path
 
-    from pipeline.ensemble import ensure
-    from pipeline.layout import ENSEMBLE, classifier_folder
+    from pipeline.artifacts.layout import ENSEMBLE, classifier_folder
+    from pipeline.use.ensemble import ensure
 
     folders = [classifier_folder(run) for run in args.runs]
     out = Path(args.out).expanduser().resolve() if args.out else folders[0].parent / ENSEMBLE
@@ -125,7 +125,7 @@ def _cmd_ensemble(args) -> int:
 
 def _cmd_compare(args) -> int:
     from flows.session import flow_session, interrupted_message, sigterm_as_interrupt
-    from pipeline.compare import checked_grid, compare_command
+    from pipeline.study.compare import checked_grid, compare_command
 
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
     n_labels = [_whole_number("--n-labels", n) for n in split(args.n_labels)] if args.n_labels else None
@@ -171,7 +171,7 @@ def _interrupted(message_and_status: tuple[str, int]) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from pipeline.predict import predict_stream, texts_from_file
+    from pipeline.use.predict import predict_stream, texts_from_file
 
     if args.file and args.texts:
         raise ConfigError("give texts or --file, not both")
@@ -205,7 +205,7 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from pipeline.export import export
+    from pipeline.use.export import export
 
     out = export(args.run, args.format, args.out)
     print(f"exported {args.run} as {args.format} to {out}")

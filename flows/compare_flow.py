@@ -15,11 +15,11 @@ from prefect import flow
 
 from flows.params import BackboneName, Preset
 from flows.ulmfit_flow import run_stages
-from pipeline.backbones import REGISTRY as BACKBONES
-from pipeline.compare import VARIANTS, Cell, cell_row, checked_grid, compare_command
-from pipeline.compare_report import markdown, summarize, update_results, write_report
+from pipeline.artifacts.locking import run_dir_lock
 from pipeline.config import RunConfig, load_config
-from pipeline.locking import run_dir_lock
+from pipeline.models.backbones import REGISTRY as BACKBONES
+from pipeline.study.compare import VARIANTS, Cell, cell_row, checked_grid, compare_command
+from pipeline.study.report import markdown, summarize, update_results, write_report
 
 Variant = Literal[tuple(VARIANTS)]
 

@@ -1,7 +1,7 @@
 """How a Prefect stage task runs its stage: in this process, or data-parallel under torchrun.
 
 nproc == 1: the stage runs in the task's own process, with the StageContext built here.
-nproc > 1:  `python -m torch.distributed.run --standalone --nproc_per_node N -m pipeline.launch ...`
+nproc > 1:  `python -m torch.distributed.run --standalone --nproc_per_node N -m pipeline.stages.run_one ...`
             as a subprocess; each rank builds its own StageContext (checkpointer included) and the
             task then reads the folder rank 0 wrote. The subprocess is a fresh interpreter (exec,
             not fork), so no CUDA state is inherited from the flow's process.
@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.artifacts import read_metrics
+from pipeline.artifacts.stage_folder import read_metrics
 from pipeline.config import RunConfig
 from pipeline.errors import UlmfitError
 from pipeline.stages.context import StageResult
@@ -42,7 +42,7 @@ def torchrun_command(stage: str, nproc: int, cfg_path: Path, upstream: str | Non
                      cache_key: str) -> list[str]:
     # torch.distributed.run is what the `torchrun` script runs; via sys.executable it is this venv's.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "pipeline.launch", stage, "--config", str(cfg_path), "--out", out_dir, "--cache-key", cache_key]
+           "-m", "pipeline.stages.run_one", stage, "--config", str(cfg_path), "--out", out_dir, "--cache-key", cache_key]
     return cmd + (["--upstream", upstream] if upstream else [])
 
 

@@ -12,8 +12,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.backbones import REGISTRY as BACKBONES
 from pipeline.config import available_presets
+from pipeline.models.backbones import REGISTRY as BACKBONES
 from pipeline.stages.registry import stage_names
 
 # The UI's dropdowns: read from the presets folder and the registries when the flows are imported.

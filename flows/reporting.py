@@ -4,7 +4,7 @@
   table artifact of its metrics and a markdown artifact of its card (`card.md`, with the
   loss-curve PNG's path on disk). A backward chain's artifacts are keyed `<stage>-backward-...`.
 - While a stage trains: a progress artifact that moves one step per finished epoch. The
-  pipeline logs one line per epoch to the "ulmfit" logger (pipeline.training.EpochLog);
+  pipeline logs one line per epoch to the "ulmfit" logger (pipeline.training.learner.EpochLog);
   Prefect ships those lines to the run's logs (PREFECT_LOGGING_EXTRA_LOGGERS, see
   flows/__init__.py), and a handler here turns them into progress.
 """
@@ -16,8 +16,12 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.context import FlowRunContext, TaskRunContext
 
 from pipeline.config import RunConfig
@@ -29,6 +33,12 @@ EPOCH_LINE = re.compile(r"^(\S+) epoch (\d+)/(\d+): ")  # EpochLog's end-of-epoc
 
 def _in_run() -> bool:
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def artifact_key(stage: str, what: str) -> str:
+    """`<stage>-<what>`: Prefect's artifact keys take lowercase letters, digits and dashes only, and a stage
+    name may hold an underscore (it also names a config section, a Python attribute)."""
+    return re.sub(r"[^a-z0-9-]", "-", f"{stage}-{what}".lower())
 
 
 def metric_rows(metrics: dict) -> list[dict]:
@@ -54,9 +64,9 @@ def report_stage(stage: str, path: str, metrics: dict, state: str) -> None:
         return
     folder = Path(path)
     label = "from cache" if state == "Cached" else "computed"
-    create_table_artifact(table=metric_rows(metrics), key=f"{stage}-metrics",
+    create_table_artifact(table=metric_rows(metrics), key=artifact_key(stage, "metrics"),
                           description=f"{stage} metrics ({label}); {folder}")
-    create_markdown_artifact(markdown=card_markdown(folder), key=f"{stage}-card",
+    create_markdown_artifact(markdown=card_markdown(folder), key=artifact_key(stage, "card"),
                              description=f"{stage} card ({label}); {folder}")
 
 
@@ -89,7 +99,7 @@ def stage_progress(stage: str, cfg: RunConfig, label: str | None = None) -> Iter
         return
     total = get_stage(stage).epochs(cfg)
     label = label or stage
-    artifact_id = create_progress_artifact(progress=0.0, key=f"{label}-progress",
+    artifact_id = create_progress_artifact(progress=0.0, key=artifact_key(label, "progress"),
                                            description=f"{label}: epochs finished / {total}")
     handler = EpochProgress(artifact_id, total)
     logger = logging.getLogger("ulmfit")

@@ -1,8 +1,8 @@
 """The ULMFiT flow: every stage of `pipeline.stages.registry` (pretrain -> adapt -> classify), in
 order, through one generic Prefect task. With `model.direction = "both"`, a forward and a backward
-chain of every stage and then their ensemble (`pipeline.ensemble`), as its own task.
+chain of every stage and then their ensemble (`pipeline.use.ensemble`), as its own task.
 
-Caching is the flow's own (`pipeline.store`), not Prefect's: a stage whose folder in this run
+Caching is the flow's own (`pipeline.artifacts.store`), not Prefect's: a stage whose folder in this run
 directory already holds its key's output, or whose key the stage store holds (linked into this
 folder), is not run again and its task run ends in the state `Cached`. Prefect only shows it.
 """
@@ -17,16 +17,24 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
 from flows.launching import launch  # in process, or under torchrun when cfg.nproc > 1
-from flows.params import (AdaptSettings, BackboneName, ClassifySettings, Preset, PretrainSettings, StageName,
-                          settings_values, typed_overrides)
+from flows.params import (
+    AdaptSettings,
+    BackboneName,
+    ClassifySettings,
+    Preset,
+    PretrainSettings,
+    StageName,
+    settings_values,
+    typed_overrides,
+)
 from flows.reporting import report_stage, stage_progress
-from pipeline.artifacts import partial_dir, read_metrics, remove_checkpoints
+from pipeline.artifacts.layout import ENSEMBLE, chain_folders, chains
+from pipeline.artifacts.locking import run_dir_lock
+from pipeline.artifacts.stage_folder import partial_dir, read_metrics, remove_checkpoints
+from pipeline.artifacts.store import computing, keep, restore, stage_key
 from pipeline.config import RunConfig, load_config
-from pipeline.ensemble import ensure
-from pipeline.layout import ENSEMBLE, chain_folders, chains
-from pipeline.locking import run_dir_lock
 from pipeline.stages.registry import REGISTRY, classifier_stage, depends_on
-from pipeline.store import computing, keep, restore, stage_key
+from pipeline.use.ensemble import ensure
 from pipeline.validate import check_run
 
 
@@ -81,7 +89,7 @@ def ensemble_task(folders: list[str], out_dir: str, cfg: RunConfig) -> dict:
 
 
 def run_directions(cfg: RunConfig, run_dir: Path, rerun: Optional[str] = None) -> dict:
-    """The chain of stages for each direction `cfg` asks for (`pipeline.layout.chains`), and for
+    """The chain of stages for each direction `cfg` asks for (`pipeline.artifacts.layout.chains`), and for
     two directions their ensemble in `<run_dir>/ensemble/`."""
     summary, classifiers = {}, []
     for suffix, chain_cfg in chains(cfg):
@@ -103,7 +111,7 @@ def run_in_folder(cfg: RunConfig, out_dir: str | Path, rerun: Optional[str] = No
     and output is checked first (`pipeline.validate`); `ulmfit run` checked them before Prefect started."""
     run_dir = Path(out_dir).expanduser().resolve()
     if check:
-        check_run(cfg, run_dir)  # before any stage starts
+        check_run(cfg, run_dir, rerun=rerun)  # before any stage starts
     with run_dir_lock(run_dir):
         return run_directions(cfg, run_dir, rerun)
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -28,13 +28,13 @@ VALID_AUTO = "auto"
 
 
 class ModelConfig(Frozen):
-    """The backbone is one setting. Each backbone's registry entry (pipeline.backbones) owns a size
+    """The backbone is one setting. Each backbone's registry entry (pipeline.models.backbones) owns a size
     model, so the config has one section per registered backbone, `[model.<name>]` in a preset or
     `--set model.<name>.<field>=...`; only the chosen backbone's section is used."""
 
     model_config = ConfigDict(frozen=True, extra="allow", strict=True, allow_inf_nan=False, validate_default=True)
 
-    backbone: str = Field("awd_lstm", description="Backbone registry entry (pipeline.backbones): awd_lstm, gpt (causal transformer), bert (masked-LM transformer), ...")
+    backbone: str = Field("awd_lstm", description="Backbone registry entry (pipeline.models.backbones): awd_lstm, gpt (causal transformer), bert (masked-LM transformer), ...")
     drop_mult: float = Field(1.0, ge=0, description="Multiplier applied to every dropout of the backbone.")
     direction: Literal["forward", "backward", "both"] = Field("forward", description="Reading direction of the language models and the classifier: forward, backward (each document's tokens reversed, its leading bos kept first), or both: a forward and a backward chain of every stage (folders <stage> and <stage>-backward) and an ensemble averaging the two classifiers' probabilities (<run>/ensemble/; ULMFiT's best IMDb result). both doubles the work of every stage.")
 
@@ -44,7 +44,7 @@ class ModelConfig(Frozen):
         """Validate a section per registered backbone (defaults where absent); refuse any other key."""
         if not isinstance(data, dict):
             return data
-        from pipeline.backbones import REGISTRY  # the registry imports this module
+        from pipeline.models.backbones import REGISTRY  # the registry imports this module
 
         own = set(cls.model_fields)
         unknown = sorted(k for k in data if k not in own and (k not in REGISTRY or REGISTRY[k].sizes is None))
@@ -66,7 +66,7 @@ class ModelConfig(Frozen):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, name: str) -> str:
-        from pipeline.backbones import REGISTRY
+        from pipeline.models.backbones import REGISTRY
 
         if name not in REGISTRY:
             raise ValueError(f"unknown backbone {name!r}; available: {', '.join(sorted(REGISTRY))}")
@@ -140,12 +140,12 @@ class ClassifyConfig(Frozen):
     max_tokens: int | None = Field(None, gt=1, description="Truncate reviews to N tokens (None = whole reviews; see truncation).")
     truncation: Literal["head", "head_tail"] = Field("head", description="With max_tokens: keep the first N tokens (head), or the first N/4 and the last 3N/4 (head_tail, Sun et al. 2019).")
     pooling: Literal["auto", "concat", "last", "first", "mean"] = Field("auto", description="How token states become one vector: concat = [last, max, mean] (ULMFiT), last token, first token ([CLS]-style), mean; auto = the backbone's default (awd_lstm/gpt: concat, bert: mean). awd_lstm supports only concat.")
-    head: Literal["ulmfit", "lp_ft"] = Field("ulmfit", description="The classifier head on the pooled features: ulmfit = BatchNorm + dropout + linear (50 hidden units) + BatchNorm + dropout + linear, randomly initialised; lp_ft = linear probing then fine-tuning (Kumar et al. 2022): a fixed standardisation (the training reviews' feature mean and SD) + dropout + one linear layer, set before fine-tuning to the linear probe's logistic regression (C chosen on validation) on the frozen encoder's features (pipeline/heads.py).")
+    head: Literal["ulmfit", "lp_ft"] = Field("ulmfit", description="The classifier head on the pooled features: ulmfit = BatchNorm + dropout + linear (50 hidden units) + BatchNorm + dropout + linear, randomly initialised; lp_ft = linear probing then fine-tuning (Kumar et al. 2022): a fixed standardisation (the training reviews' feature mean and SD) + dropout + one linear layer, set before fine-tuning to the linear probe's logistic regression (C chosen on validation) on the frozen encoder's features (pipeline/models/heads.py).")
     wd: float = Field(0.1, ge=0, description="Weight decay.")
     drop_mult: float = Field(1.0, ge=0, description="Dropout multiplier for the classifier: the AWD-LSTM's ULMFiT dropouts, a transformer encoder's dropouts, and the head's (fastai's IMDb tutorial uses 0.5).")
     seed: int | None = Field(None, description="Seed of the labeled sample, the validation hold-out, the classifier's initialisation and batch order (None = the run's seed). The test sample always comes from the run's seed, so classifiers of different seeds are scored on the same reviews; `ulmfit compare --seeds` varies this one.")
     baselines: bool = Field(True, description="Also score, on exactly the same samples, TF-IDF (word 1-2-grams) + logistic regression and a linear probe (logistic regression on the frozen encoder's pooled features before fine-tuning), each with C chosen on the validation hold-out: the bar the fine-tuned classifier has to clear.")
-    recompute_bn_stats: bool = Field(True, description="Before each evaluation, re-estimate the head's BatchNorm statistics over the training examples with the current weights (pipeline/bn_stats.py). Off = running averages from training, which mislead when pooled features barely vary between reviews (small or barely trained LMs) or after few steps.")
+    recompute_bn_stats: bool = Field(True, description="Before each evaluation, re-estimate the head's BatchNorm statistics over the training examples with the current weights (pipeline/training/bn_stats.py). Off = running averages from training, which mislead when pooled features barely vary between reviews (small or barely trained LMs) or after few steps.")
 
     @model_validator(mode="after")
     def _phases_match(self):
@@ -174,7 +174,7 @@ class RunConfig(Frozen):
 
     @model_validator(mode="after")
     def _batches_split(self):
-        # Batch sizes are global and split evenly over the nproc processes (see pipeline.distributed).
+        # Batch sizes are global and split evenly over the nproc processes (see pipeline.training.ranks).
         for name, section in self:
             bs = getattr(section, "bs", None)
             if bs is not None and bs % self.nproc:

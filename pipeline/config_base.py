@@ -1,5 +1,5 @@
 """The base classes of every config section: `pipeline.config` builds the run's config from them, and each
-backbone's registry entry (`pipeline.backbones`, `pipeline.hf_backbones`) its own size section. Apart from
+backbone's registry entry (`pipeline.models.backbones`, `pipeline.models.hf_backbones`) its own size section. Apart from
 `pipeline.config` so that the backbones need not import it (config asks the backbone registry which
 size sections exist: importing each other would be a circle)."""
 from __future__ import annotations

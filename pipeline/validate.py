@@ -4,8 +4,10 @@ A run that fails after stages 1-2 trained (a bad classify file, a typo in `token
 `device=cuda` on a machine without a GPU) wastes the time they took, so the flow and the CLI
 call `check_run` first. Each problem raises one UlmfitError naming the file, row or setting:
 
-- data: every corpus each stage reads is loaded and validated as the stage will load it
-  (pretrain, adapt and classify, including the train / validation / test split sizes);
+- data: the data of every stage the run will compute is loaded and validated as the stage will load it
+  (each registry entry's `load_data`: pretrain, adapt and classify, including the train / validation /
+  test split sizes). A stage that comes from its folder or the stage store reads no data, so its data
+  is not loaded: a fully cached rerun loads no corpus (`pipeline.artifacts.store.stages_to_compute`);
 - settings that only fail deep inside a library: the spaCy language, the device, and the model
   itself (built at a tiny vocabulary and run on one small batch, so dropout multipliers that
   make a probability exceed 1, or a chunk longer than the positions, fail here);
@@ -14,7 +16,9 @@ call `check_run` first. Each problem raises one UlmfitError naming the file, row
 
 Each run is checked once: `ulmfit run` and `ulmfit compare` check before Prefect starts and hand the
 flow what they checked; a flow started from the UI checks first. Compare's cells that share a stage's
-data share its check (`passed`, one set for the grid).
+data share its check (`passed`, one set for the grid). A stage that computes loads its data twice, here
+and when it starts (1-5 s on the cpu preset, BENCHMARKS.md): the price of failing before stage 1 trains
+and before Prefect starts or anything is written.
 """
 from __future__ import annotations
 
@@ -22,19 +26,24 @@ import json
 import os
 from pathlib import Path
 
-from pipeline.artifacts import foreign_checkpoints, partial_dir, refuse_foreign
+from pipeline.artifacts.layout import chain_folders, chains, run_folders
+from pipeline.artifacts.locking import LOCK_NAME
+from pipeline.artifacts.stage_folder import foreign_checkpoints, partial_dir, refuse_foreign
+from pipeline.artifacts.store import stages_to_compute
 from pipeline.config import RunConfig
-from pipeline.data import is_registered, resolve_data_dir
+from pipeline.data.corpora import is_registered, resolve_data_dir
 from pipeline.errors import ConfigError, RunDirError, UlmfitError
-from pipeline.locking import LOCK_NAME
-from pipeline.layout import chains, run_folders
-from pipeline.zoo import is_published
+from pipeline.models.zoo import is_published
+from pipeline.stages.registry import REGISTRY, get_stage
 
-def check_run(cfg: RunConfig, run_dir: str | Path, folders: dict | None = None, passed: set | None = None) -> None:
+
+def check_run(cfg: RunConfig, run_dir: str | Path, folders: dict | None = None, passed: set | None = None,
+              rerun: str | None = None) -> None:
     """Raise one UlmfitError for the first problem found; return quietly when the run can start.
-    `folders` (stage -> folder, as compare cells share them) default to every folder the run writes
-    (`pipeline.layout.run_folders`: each direction's stage folders and the ensemble's). A check whose key is
-    in `passed` (same settings, same files) is skipped; each one that passes is added to it."""
+    `folders` (stage -> folder of one chain, as compare cells share them) default to every folder the run
+    writes (`pipeline.artifacts.layout`: each direction's chain of stage folders, and the ensemble's).
+    `rerun` is `--rerun`'s stage. A check whose key is in `passed` (same settings, same files) is skipped;
+    each one that passes is added to it."""
     passed = set() if passed is None else passed
     run_dir = Path(run_dir).expanduser().resolve()
     outputs = run_folders(cfg, run_dir) if folders is None else [Path(f).expanduser().resolve()
@@ -42,10 +51,12 @@ def check_run(cfg: RunConfig, run_dir: str | Path, folders: dict | None = None, 
     check_outputs(run_dir, outputs)
     settings = [cfg.device, cfg.tokenizer, cfg.model, cfg.classify, cfg.pretrain.bptt, cfg.adapt.bptt,
                 cfg.pretrain.init_from]
-    _once("settings", settings, cfg, check_settings, passed)
-    _once("pretrain data", [cfg.pretrain, cfg.seed], cfg, _pretrain_data, passed)
-    _once("adapt data", [cfg.adapt, cfg.seed], cfg, _adapt_data, passed)
-    _once("classify data", [cfg.classify, cfg.seed], cfg, _classify_data, passed)
+    _once("settings", settings, cfg, check_settings, passed)  # under a second, and a setting is wrong cached or not
+    for suffix, chain_cfg in chains(cfg) if folders is None else [("", cfg)]:
+        chain = chain_folders(run_dir, suffix) if folders is None else folders
+        for name in stages_to_compute(chain_cfg, chain, rerun):  # a stage that comes from the cache reads no data
+            section = getattr(chain_cfg, name, None)
+            _once(f"{name} data", [section, chain_cfg.seed], chain_cfg, get_stage(name).load_data, passed)
 
 
 def _once(what: str, depends_on: list, cfg: RunConfig, check, passed: set) -> None:
@@ -94,9 +105,9 @@ def check_settings(cfg: RunConfig) -> None:
 
 def _check_checkpoint(cfg: RunConfig) -> None:
     """init_from: the published model downloaded (or the local folder found), its files readable."""
-    from pipeline.backbones import get_backbone
-    from pipeline.direction import single_direction
-    from pipeline.zoo import checkpoint_folder
+    from pipeline.models.backbones import get_backbone
+    from pipeline.models.direction import single_direction
+    from pipeline.models.zoo import checkpoint_folder
 
     backbone = get_backbone(cfg.model.backbone)
     if backbone.check_checkpoint is None:
@@ -130,8 +141,8 @@ def _probe_models(cfg: RunConfig) -> None:
     makes a probability exceed 1) fail here, in a second, instead of after hours of stages 1-2."""
     import torch
 
-    from pipeline.backbones import get_backbone
-    from pipeline.text import WORD_SPECIALS
+    from pipeline.data.encoders import WORD_SPECIALS
+    from pipeline.models.backbones import get_backbone
 
     if cfg.pretrain.init_from is not None:  # the architecture comes from the checkpoint
         return
@@ -139,8 +150,6 @@ def _probe_models(cfg: RunConfig) -> None:
     vocab = 2 * WORD_SPECIALS.n_reserved + 8
     arch = backbone.make_arch(vocab, cfg.model, WORD_SPECIALS)
     limit = backbone.max_seq_len(arch)
-    from pipeline.stages.registry import REGISTRY
-
     for stage in (name for name, entry in REGISTRY.items() if entry.model_kind == "lm"):  # every LM stage
         bptt = getattr(getattr(cfg, stage, None), "bptt", None)
         if limit is not None and bptt is not None and bptt > limit:
@@ -171,31 +180,6 @@ def _probe_message(cfg: RunConfig, what: str, err: Exception) -> str:
 
 
 # --- data ------------------------------------------------------------------------------------
-
-def check_data(cfg: RunConfig) -> None:
-    """Load every corpus the stages will read, exactly as they will (same loaders, same sampling)."""
-    for check in (_pretrain_data, _adapt_data, _classify_data):
-        check(cfg)
-
-
-def _pretrain_data(cfg: RunConfig) -> None:
-    from pipeline.stages.pretrain import corpus_texts
-
-    corpus_texts(cfg)
-
-
-def _adapt_data(cfg: RunConfig) -> None:
-    from pipeline.stages.adapt import domain_texts, split_held_out
-
-    split_held_out(domain_texts(cfg.adapt, resolve_data_dir(cfg.data_dir)), cfg.adapt, cfg.seed)
-
-
-def _classify_data(cfg: RunConfig) -> None:
-    from pipeline.stages.classify_data import load_splits
-
-    cc = cfg.classify  # the stage's own seeds: its samples, and the run's seed for the test sample
-    load_splits(cc, resolve_data_dir(cfg.data_dir), cfg.seed if cc.seed is None else cc.seed, test_seed=cfg.seed)
-
 
 def _memo_key(what: str, depends_on: list, cfg: RunConfig) -> str:
     """The settings a check depends on, the data folder, and the size and mtime of every user file."""

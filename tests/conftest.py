@@ -89,8 +89,8 @@ def smoke_run(tmp_path_factory, data_dir):
     for the tests that only read a run: predict, the notebooks, the 2-process run's reference. A test that needs to change a run or
     to see stages computed trains its own. Every stage folder must still match its manifest at the end."""
     from flows.cli import main
-    from pipeline.artifacts import verify_folder
-    from pipeline.layout import stage_folders
+    from pipeline.artifacts.layout import stage_folders
+    from pipeline.artifacts.stage_folder import verify_folder
 
     path = tmp_path_factory.mktemp("smoke-run") / "run"
     module_cache = os.environ["ULMFIT_CACHE_DIR"]
@@ -214,13 +214,13 @@ class NoSpaceFile:
 @pytest.fixture
 def full_disk(mount_tmpfs, monkeypatch):
     """full_disk(size) -> a folder on a real tmpfs of that size; without mount rights, a plain folder
-    where every torch.save of the pipeline (pipeline.artifacts.save_torch) meets ENOSPC at once."""
-    from pipeline import artifacts
+    where every torch.save of the pipeline (pipeline.artifacts.stage_folder.save_torch) meets ENOSPC at once."""
+    from pipeline.artifacts import stage_folder
 
     def make(size: str = "1200k") -> Path:
         folder, real = mount_tmpfs("small-disk", f"size={size}")
         if not real:
-            monkeypatch.setattr(artifacts, "open", lambda path, mode="r", *a, **k:
+            monkeypatch.setattr(stage_folder, "open", lambda path, mode="r", *a, **k:
                                 NoSpaceFile(path) if "w" in mode else open(path, mode, *a, **k), raising=False)
         return folder
 

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.artifacts import write_stage
-
-from pipeline.model_file import load_model_file
-from pipeline.cards import card
+from pipeline.artifacts.cards import card
+from pipeline.artifacts.model_file import load_model_file
+from pipeline.artifacts.stage_folder import write_stage
 from pipeline.stages.context import StageContext, StageResult
 
 

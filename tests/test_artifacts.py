@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import artifacts
-from pipeline.artifacts import is_complete, read_manifest, verify_folder, write_stage
-from pipeline.model_file import ModelFile, load_model_file
+from pipeline.artifacts import stage_folder
+from pipeline.artifacts.model_file import ModelFile, load_model_file
+from pipeline.artifacts.stage_folder import is_complete, read_manifest, verify_folder, write_stage
 from pipeline.errors import ArtifactError
 
 
@@ -54,7 +54,7 @@ def test_model_file_round_trips_every_field(tmp_path):
 ])
 def test_model_file_of_another_version_or_shape_is_refused(tmp_path, monkeypatch, change, message):
     real_save = torch.save
-    monkeypatch.setattr(artifacts.torch, "save", lambda blob, path: real_save(blob | change, path))
+    monkeypatch.setattr(stage_folder.torch, "save", lambda blob, path: real_save(blob | change, path))
     folder = _stage(tmp_path / "pretrain")
     with pytest.raises(ArtifactError, match=message):
         load_model_file(folder)
@@ -106,7 +106,7 @@ def test_disk_full_while_writing_leaves_nothing(tmp_path, monkeypatch):
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(artifacts.torch, "save", full)
+    monkeypatch.setattr(stage_folder.torch, "save", full)
     with pytest.raises(ArtifactError) as err:
         _stage(tmp_path / "classify", key="new")
     assert "No space left on device" in str(err.value) and "\n" not in str(err.value)
@@ -127,7 +127,7 @@ def _leftovers(folder):
 def test_save_torch_on_a_full_disk_is_enospc(full_disk):
     disk = full_disk("64k")
     with pytest.raises(OSError) as err:
-        artifacts.save_torch(BIG, disk / "model.pt")
+        stage_folder.save_torch(BIG, disk / "model.pt")
     assert err.value.errno == errno.ENOSPC and "No space left on device" in str(err.value)
 
 
@@ -135,9 +135,9 @@ def test_save_torch_through_a_file_that_fills_up(tmp_path, monkeypatch):
     """The emulation used where a test may not mount: a file object whose write raises ENOSPC."""
     from tests.conftest import NoSpaceFile
 
-    monkeypatch.setattr(artifacts, "open", lambda path, mode="r": NoSpaceFile(path, budget=5000), raising=False)
+    monkeypatch.setattr(stage_folder, "open", lambda path, mode="r": NoSpaceFile(path, budget=5000), raising=False)
     with pytest.raises(OSError) as err:
-        artifacts.save_torch(BIG, tmp_path / "model.pt")
+        stage_folder.save_torch(BIG, tmp_path / "model.pt")
     assert err.value.errno == errno.ENOSPC
 
 
@@ -155,7 +155,7 @@ def test_stage_write_on_a_full_disk_is_one_line_and_leaves_nothing(full_disk):
 def test_checkpoint_on_a_full_disk_is_one_line_and_leaves_no_temp_file(full_disk):
     from types import SimpleNamespace
 
-    from pipeline.checkpoint import Checkpointer
+    from pipeline.training.checkpoint import Checkpointer
 
     disk = full_disk("64k")
     ckpt = Checkpointer(disk / "pretrain.partial", "k")
@@ -173,16 +173,16 @@ def test_ctrl_c_during_a_save_is_an_interrupt_and_leaves_no_temp_file(tmp_path, 
     and left the checkpoint's *.tmp-PID file: the interrupt itself must come out, and nothing stay."""
     from types import SimpleNamespace
 
-    from pipeline.checkpoint import Checkpointer
+    from pipeline.training.checkpoint import Checkpointer
     from tests.conftest import NoSpaceFile
 
     class InterruptedFile(NoSpaceFile):
         def write(self, data):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(artifacts, "open", lambda path, mode="r": InterruptedFile(path), raising=False)
+    monkeypatch.setattr(stage_folder, "open", lambda path, mode="r": InterruptedFile(path), raising=False)
     with pytest.raises(KeyboardInterrupt):
-        artifacts.save_torch(BIG, tmp_path / "model.pt")
+        stage_folder.save_torch(BIG, tmp_path / "model.pt")
     ckpt = Checkpointer(tmp_path / "adapt.partial", "k")
     learn = SimpleNamespace(model=torch.nn.Linear(2, 2), opt=SimpleNamespace(state_dict=lambda: {"state": [], "hypers": []}),
                             dls=SimpleNamespace(loaders=[]))

@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.backbones import REGISTRY, get_backbone
 from pipeline.config import ClassifyConfig, load_config
+from pipeline.data.encoders import WORD_SPECIALS, encoder_from_checkpoint, encoder_from_state, fit_encoder
 from pipeline.errors import ArtifactError
-from pipeline.hf_backbones import pool
-from pipeline.masking import IGNORE, lm_accuracy, mask_tokens
-from pipeline.text import WORD_SPECIALS, encoder_from_checkpoint, encoder_from_state, fit_encoder
+from pipeline.models.backbones import REGISTRY, get_backbone
+from pipeline.models.hf_backbones import pool
+from pipeline.training.masking import IGNORE, lm_accuracy, mask_tokens
 from tests.test_model_parts import tiny_arch
 
 VOCAB = 1000
@@ -168,6 +168,32 @@ def test_init_from_rejects_folders_that_are_not_checkpoints(tmp_path):
         get_backbone("gpt").load_checkpoint(tmp_path, load_config("smoke"))
 
 
+def test_reading_on_from_the_state_gives_the_logits_of_reading_the_whole_text():
+    """AWD-LSTM samples one token a step from its own state (`read_on`); each step's logits are those of
+    re-reading the whole text, and sampling leaves a clean state behind."""
+    from pipeline.training.lm import generate
+
+    backbone = get_backbone("awd_lstm")
+    cfg = load_config("smoke")
+    arch = backbone.make_arch(40, cfg.model, WORD_SPECIALS)
+    torch.manual_seed(0)
+    model = backbone.build_lm(arch).eval()
+    ids = torch.randint(WORD_SPECIALS.n_reserved, 40, (1, 9))
+    whole = [backbone.next_token_logits(model, ids[:, :n], WORD_SPECIALS) for n in range(5, 10)]
+    stepped = [backbone.read_on(model, ids[:, :5], True)]  # the prompt's 5 tokens at once, then one a step
+    stepped += [backbone.read_on(model, ids[:, n - 1:n], False) for n in range(6, 10)]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(stepped, whole))
+    encoder = type("Words", (), {"specials": WORD_SPECIALS, "encode": lambda self, texts, what: [ids[0, :3]],
+                                 "decode": lambda self, tokens: " ".join(map(str, tokens))})()
+    text = generate(model, backbone, encoder, "a prompt", n_tokens=4)
+    assert len(text.split()) == 3 + 4
+    assert all(h is None or not torch.is_tensor(h) or not h.abs().sum() for h in _hidden(model))
+
+
+def _hidden(model) -> list:
+    return [t for layer in getattr(model[0], "hidden", []) for t in layer]
+
+
 def test_every_backbone_is_registered():
     assert {"awd_lstm", "gpt", "bert"} <= set(REGISTRY)
     assert {b.objective for b in REGISTRY.values()} == {"causal", "masked"}
@@ -176,7 +202,7 @@ def test_every_backbone_is_registered():
 @pytest.mark.parametrize("name", ["gpt", "bert"])
 def test_init_from_seeds_or_skips_stage_one(tmp_path, name, data_dir):
     """A user's local checkpoint replaces the random start; with epochs=0 stage 1 only evaluates it."""
-    from pipeline.model_file import load_model_file
+    from pipeline.artifacts.model_file import load_model_file
     from pipeline.stages import adapt, pretrain
     from pipeline.stages.context import make_context
 

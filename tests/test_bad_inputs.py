@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from flows.cli import main
-from pipeline import artifacts
-from pipeline.data import MAX_DOC_CHARS
+from pipeline.artifacts import stage_folder
+from pipeline.data.corpora import MAX_DOC_CHARS
 from tests.cli_errors import one_error
 
 GOOD_ROWS = "".join(f"review number {i} is {'good' if i % 2 else 'bad'},{'pos' if i % 2 else 'neg'}\n" for i in range(40))
@@ -225,7 +225,7 @@ def test_disk_full_while_writing(where, run_dir, monkeypatch, capsys):
     if where == "stage-folder":
         monkeypatch.setattr(pd.DataFrame, "to_csv", full_file)  # history.csv, in the middle of write_stage
     else:
-        monkeypatch.setattr(artifacts.torch, "save", full)  # every torch.save: checkpoints and model.pt
+        monkeypatch.setattr(stage_folder.torch, "save", full)  # every torch.save: checkpoints and model.pt
     line = one_error(capsys, ["run", "--preset", "smoke", "--out", str(run_dir), "--set", "classify.lrs=[0.03,0.01]"])
     assert "No space left on device" in line and "classify" in line, line
     names, manifests = snapshot(run_dir)
@@ -252,7 +252,7 @@ def test_real_full_disk(store, full_disk, capsys, run_dir, tmp_path):  # run_dir
                if (disk / "run" / stage / "manifest.json").exists()]
     if store == "empty":
         assert written == []
-    assert all(artifacts.is_complete(folder) for folder in written) and len(written) < 3
+    assert all(stage_folder.is_complete(folder) for folder in written) and len(written) < 3
 
 
 def test_truncated_token_cache_is_rebuilt(run_dir, caplog):

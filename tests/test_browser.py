@@ -89,7 +89,7 @@ def test_custom_run_from_the_ui(served, page, tmp_path):
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from pipeline.model_file import load_model_file
+    from pipeline.artifacts.model_file import load_model_file
     from pipeline.config import load_config
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -15,17 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.artifacts import read_metrics
-
-from pipeline.model_file import ModelFile
-from pipeline.backbones import REGISTRY, get_backbone
-from pipeline.bn_stats import BN_TYPES, recompute_bn_stats
+from pipeline.artifacts.model_file import ModelFile
+from pipeline.artifacts.stage_folder import read_metrics
 from pipeline.config import ClassifyConfig, load_config
+from pipeline.data.encoders import WORD_SPECIALS
 from pipeline.errors import ArtifactError
+from pipeline.models.backbones import REGISTRY, get_backbone
 from pipeline.stages import adapt, classify, pretrain
 from pipeline.stages.classify import build_model
 from pipeline.stages.context import make_context
-from pipeline.text import WORD_SPECIALS
+from pipeline.training.bn_stats import BN_TYPES, recompute_bn_stats
 from tests.test_model_parts import tiny_arch
 
 BACKBONES = sorted(REGISTRY)

@@ -1,4 +1,4 @@
-"""Tests for pipeline.data / pipeline.download: real slices, archive layouts, downloads, bad input."""
+"""Tests for pipeline.data.corpora / pipeline.data.download: real slices, archive layouts, downloads, bad input."""
 from __future__ import annotations
 
 import functools
@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from pipeline import data
-from pipeline.data import dataset_labels, load_corpus, resolve_data_dir
+from pipeline.data import corpora
+from pipeline.data.corpora import dataset_labels, load_corpus, resolve_data_dir
 from pipeline.errors import DataError
 
 # --- real data (the parquet copies in ../shared/data) --------------------------------------
@@ -45,7 +45,7 @@ def test_real_imdb_unsup_is_unlabeled(real_dir):
     ("wikitext-103", "valid", 60), ("wikitext-103", "test", 60)])
 def test_real_wikitext_one_row_per_article(real_dir, name, split, articles):
     df = load_corpus(name, split, data_dir=real_dir, download=False)
-    assert len(df) == articles == data._registry()[name]["articles"][split]
+    assert len(df) == articles == corpora._registry()[name]["articles"][split]
     assert df["text"].str.match(r"= [^=]").all()  # every row starts with its title
 
 
@@ -62,7 +62,7 @@ def test_dataset_labels():
     assert dataset_labels("imdb") == ["neg", "pos"]
     assert dataset_labels("wikitext-103") is None
     assert dataset_labels("my/reviews.csv") is None
-    assert data.is_registered("wikitext-2") and not data.is_registered("my/reviews.csv")
+    assert corpora.is_registered("wikitext-2") and not corpora.is_registered("my/reviews.csv")
 
 
 def test_resolve_data_dir(monkeypatch, tmp_path):
@@ -218,8 +218,8 @@ def test_truncated_download_leaves_nothing(mirror, tmp_path, monkeypatch):
 
 def test_checksum_mismatch_leaves_nothing(mirror, tmp_path, monkeypatch):
     make_tgz(mirror.root / "imdb.tgz", IMDB_FILES)
-    registry = {**data._registry(), "imdb": {**data._registry()["imdb"], "sha256": "0" * 64}}
-    monkeypatch.setattr(data, "_registry", lambda: registry)
+    registry = {**corpora._registry(), "imdb": {**corpora._registry()["imdb"], "sha256": "0" * 64}}
+    monkeypatch.setattr(corpora, "_registry", lambda: registry)
     data_dir = tmp_path / "data"
     with pytest.raises(DataError, match="imdb.tgz is corrupt: sha256"):
         load_corpus("imdb", "train", data_dir=data_dir)

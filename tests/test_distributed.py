@@ -13,12 +13,12 @@ import time
 import pytest
 import torch
 
-from pipeline import distributed
-from pipeline.artifacts import read_manifest, read_metrics
-from pipeline.model_file import load_model_file
+from pipeline.artifacts.model_file import load_model_file
+from pipeline.artifacts.probabilities import PREDICTIONS_FILE
+from pipeline.artifacts.stage_folder import read_manifest, read_metrics
 from pipeline.config import load_config
-from pipeline.scores import PREDICTIONS_FILE
 from pipeline.stages.registry import stage_names
+from pipeline.training import ranks
 from tests.test_flow import STAGE_LINE
 
 STAGES = stage_names()
@@ -31,7 +31,7 @@ STAGE_FILES = {stage: sorted(FILES + ([PREDICTIONS_FILE] if stage == "classify" 
 
 def test_stream_shards_are_equal_and_disjoint():
     docs = [torch.arange(a, b) for a, b in [(0, 7), (7, 8), (8, 30), (30, 31)]]
-    shards = [distributed.shard_stream(docs, r, 3) for r in range(3)]
+    shards = [ranks.shard_stream(docs, r, 3) for r in range(3)]
     flat = [torch.cat(s) for s in shards]
     assert [len(f) for f in flat] == [10, 10, 10]
     assert torch.equal(torch.cat(flat), torch.arange(30))  # contiguous slices, last token dropped
@@ -40,21 +40,21 @@ def test_stream_shards_are_equal_and_disjoint():
 
 def test_item_shards_have_equal_counts():
     items = list(range(11))
-    shards = [distributed.shard_items(items, r, 2) for r in range(2)]
+    shards = [ranks.shard_items(items, r, 2) for r in range(2)]
     assert shards == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]
-    assert distributed.shard_items(items) == items  # one process: unchanged
+    assert ranks.shard_items(items) == items  # one process: unchanged
 
 
 def test_batch_must_split_over_processes():
     from pipeline.errors import ConfigError
 
-    assert distributed.per_rank_batch(16, 2) == 8
+    assert ranks.per_rank_batch(16, 2) == 8
     with pytest.raises(ConfigError, match="not divisible by nproc=3"):
         load_config("smoke", ["nproc=3"])
 
 
 def test_cache_key_ignores_world_size(data_dir):
-    from pipeline.store import stage_key
+    from pipeline.artifacts.store import stage_key
 
     one, two = load_config("smoke"), load_config("smoke", ["nproc=2"])
     assert stage_key("pretrain", one, None) == stage_key("pretrain", two, None)
@@ -121,7 +121,7 @@ def test_global_metrics_are_sane(runs):
 
 @pytest.mark.slow
 def test_manifest_key_is_the_single_process_key(runs):
-    from pipeline.store import stage_key
+    from pipeline.artifacts.store import stage_key
 
     _, ddp, _, _ = runs
     cfg = load_config("smoke", [f"model.backbone={load_model_file(ddp / 'pretrain').backbone}"])
@@ -130,7 +130,7 @@ def test_manifest_key_is_the_single_process_key(runs):
 
 
 def test_transformer_pretrain_two_processes(tmp_path, data_dir):
-    """The gpt backbone under torchrun directly (pipeline.launch), stage 1 only to keep CI short."""
+    """The gpt backbone under torchrun directly (pipeline.stages.run_one), stage 1 only to keep CI short."""
     from flows.launching import torchrun_command
 
     cfg = load_config("smoke", ["model.backbone=gpt", "nproc=2"])
@@ -153,7 +153,7 @@ def test_two_process_stage_resumes_after_kill_9(tmp_path, data_dir):
     hand it their RNG and data-loader states); after kill -9 the same command resumes on both ranks
     and ends where an uninterrupted 2-process run ends (same tolerance as tests/test_resume.py)."""
     from flows.launching import torchrun_command
-    from pipeline.artifacts import partial_dir
+    from pipeline.artifacts.stage_folder import partial_dir
 
     epochs = 3
     cfg = load_config("smoke", ["nproc=2", f"pretrain.epochs={epochs}", "pretrain.max_docs=12"])
@@ -202,7 +202,7 @@ def _ranks_of(run_dir) -> list:
     import psutil
 
     return [p for p in psutil.process_iter(["cmdline"])
-            if "pipeline.launch" in (p.info["cmdline"] or []) and str(run_dir) in " ".join(p.info["cmdline"])]
+            if "pipeline.stages.run_one" in (p.info["cmdline"] or []) and str(run_dir) in " ".join(p.info["cmdline"])]
 
 
 def test_rank_error_becomes_one_line_user_error():
@@ -222,14 +222,14 @@ def test_two_nodes_match_the_two_process_run(runs, tmp_path):
     c10d rendezvous on 127.0.0.1, one process each, as docs/gpu.md tells a cluster user to start them)
     train stage 1 as the flow's 2-process single-node run does: same files, same cache key, same weights."""
     from flows.servers import free_port
-    from pipeline.store import stage_key
+    from pipeline.artifacts.store import stage_key
 
     _, ddp, _, _ = runs
     cfg = load_config("smoke", ["nproc=2"])
     cfg_path, out = tmp_path / "cfg.json", tmp_path / "nodes" / "pretrain"
     cfg_path.write_text(cfg.model_dump_json())
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
-           f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_id=two-nodes", "-m", "pipeline.launch", "pretrain",
+           f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_id=two-nodes", "-m", "pipeline.stages.run_one", "pretrain",
            "--config", str(cfg_path), "--out", str(out), "--cache-key", stage_key("pretrain", cfg, None)]
     nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]

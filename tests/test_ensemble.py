@@ -7,16 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.artifacts import is_complete, read_metrics, write_files
-
-from pipeline.model_file import load_model_file
+from pipeline.artifacts.layout import chains
+from pipeline.artifacts.model_file import load_model_file
+from pipeline.artifacts.probabilities import PREDICTIONS_FILE, predictions_table, read_predictions, table_bytes
+from pipeline.artifacts.stage_folder import is_complete, read_metrics, write_files
+from pipeline.artifacts.store import stage_key
 from pipeline.config import ClassifyConfig, load_config
-from pipeline.direction import model_direction, orient
-from pipeline.ensemble import ensemble_key, write_ensemble
-from pipeline.layout import chains
 from pipeline.errors import ArtifactError, ConfigError
-from pipeline.scores import PREDICTIONS_FILE, predictions_table, read_predictions, table_bytes
-from pipeline.store import stage_key
+from pipeline.models.direction import model_direction, orient
+from pipeline.use.ensemble import ensemble_key, write_ensemble
 from tests.test_flow import WORK_MARKERS
 from tests.test_flow import ulmfit_here as ulmfit  # in this process; the real command: test_flow.first_run
 
@@ -143,7 +142,7 @@ def test_backward_stages_record_their_direction(backward_run, stage):
 
 def test_backward_lm_samples_end_with_the_prompt(backward_run):
     """A backward LM writes what comes before the prompt; the card shows it in reading order."""
-    from pipeline.lm import SAMPLE_PROMPTS
+    from pipeline.training.lm import SAMPLE_PROMPTS
 
     card = (backward_run / "adapt" / "card.md").read_text()
     samples = dict(re.findall(r"^- \*(.+?)\* → (.*)$", card, re.M))
@@ -168,10 +167,10 @@ def test_backward_classifier_writes_its_test_predictions(backward_run):
 
 def test_predict_on_a_backward_run_matches_its_test_predictions(backward_run):
     """predict reads the direction from the model file and encodes as the stage did (truncated, reversed)."""
-    from pipeline import inspect
-    from pipeline.predict import predict
+    from pipeline.use import inspection
+    from pipeline.use.predict import predict
 
-    reviews = inspect.test_sample(backward_run).head(6)
+    reviews = inspection.test_sample(backward_run).head(6)
     table, classes = read_predictions(backward_run / "classify")
     for (label, prob), (_, row) in zip(predict(backward_run, reviews["text"].tolist()), table.head(6).iterrows()):
         assert label == classes[int(np.argmax([row[f"prob_{c}"] for c in classes]))]

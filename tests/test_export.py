@@ -42,9 +42,9 @@ def test_the_exported_model_loads_in_transformers_and_gives_our_logits(lm_run, t
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     from flows.cli import main
-    from pipeline.model_file import load_model_file
-    from pipeline.backbones import get_backbone
-    from pipeline.text import encoder_from_state
+    from pipeline.artifacts.model_file import load_model_file
+    from pipeline.data.encoders import encoder_from_state
+    from pipeline.models.backbones import get_backbone
 
     name, run = lm_run
     assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
@@ -121,7 +121,7 @@ def onnx_export(request, tmp_path_factory, data_dir):
 @pytest.fixture(scope="module")
 def fifty_reviews(data_dir):
     """50 test reviews; most are longer than the smoke preset's max_tokens (cut) and max_len (pooling window)."""
-    from pipeline.data import load_corpus
+    from pipeline.data.corpora import load_corpus
 
     return load_corpus("imdb", "test", data_dir=data_dir)["text"].sample(50, random_state=1).tolist()
 
@@ -135,7 +135,7 @@ def test_onnx_scores_as_ulmfit_predict_does_with_none_of_our_code(onnx_export, f
 
     import numpy as np
 
-    from pipeline.predict import Classifier, predict_stream
+    from pipeline.use.predict import Classifier, predict_stream
 
     run, out = onnx_export
     assert {"model.onnx", "config.json", "vocab.json", "score.py", "README.md"} <= {p.name for p in out.iterdir()}
@@ -181,10 +181,10 @@ def test_score_py_cuts_and_orients_as_the_stage_does(direction, truncation):
     """score.py's own copies of classify.truncate and direction.orient give the stage's ids."""
     import numpy as np
 
-    from pipeline import onnx_score
     from pipeline.config import ClassifyConfig
-    from pipeline.direction import orient
+    from pipeline.models.direction import orient
     from pipeline.stages.classify import truncate
+    from pipeline.use import onnx_score
 
     cfg = {"max_tokens": 7, "truncation": truncation, "direction": direction, "bos_id": 2}
     cc = ClassifyConfig(max_tokens=7, truncation=truncation)

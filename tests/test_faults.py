@@ -28,7 +28,7 @@ def test_failed_download_leaves_no_folder_it_made(tmp_path, capsys, monkeypatch)
 
 
 def test_failed_download_keeps_folders_that_were_there(tmp_path, monkeypatch):
-    from pipeline.data import load_corpus
+    from pipeline.data.corpora import load_corpus
     from pipeline.errors import DataError
 
     monkeypatch.setenv("ULMFIT_MIRROR", "http://127.0.0.1:9")
@@ -62,7 +62,7 @@ def test_empty_out_is_refused(command, tmp_path, capsys, monkeypatch):
 
 
 def test_compare_runs_a_repeated_label_budget_once(tmp_path, data_dir):
-    from pipeline.compare import grid
+    from pipeline.study.compare import grid
 
     twice = grid("smoke", ["awd_lstm", "awd_lstm"], ["full", "full"], [100, 100, 60], [], tmp_path)
     once = grid("smoke", ["awd_lstm"], ["full"], [100, 60], [], tmp_path)
@@ -73,9 +73,9 @@ def test_compare_runs_a_repeated_label_budget_once(tmp_path, data_dir):
 def test_same_upstream_model_gives_the_same_downstream_key(tmp_path):
     """Two runs of the same work differ only in timings (metrics.json, card.md): their downstream
     stages share one key, so the store keeps one chain and a bit-identical recompute retrains nothing."""
-    from pipeline.artifacts import write_manifest
+    from pipeline.artifacts.stage_folder import write_manifest
+    from pipeline.artifacts.store import stage_key
     from pipeline.config import load_config
-    from pipeline.store import stage_key
 
     def stage_folder(name: str, weights: bytes, seconds: float) -> Path:
         folder = tmp_path / name
@@ -97,7 +97,7 @@ _SAME_KEY_RUN = """
 import logging, sys, time
 from pathlib import Path
 import flows.ulmfit_flow as flow
-from pipeline.artifacts import write_manifest
+from pipeline.artifacts.stage_folder import write_manifest
 from pipeline.config import load_config
 from pipeline.stages.context import StageResult
 
@@ -125,7 +125,7 @@ def test_two_runs_of_the_same_work_compute_it_once(tmp_path):
     import subprocess
     import sys
 
-    from pipeline.artifacts import is_complete
+    from pipeline.artifacts.stage_folder import is_complete
 
     script, computed = tmp_path / "run.py", tmp_path / "computed.txt"
     script.write_text(_SAME_KEY_RUN)
@@ -142,9 +142,9 @@ def test_two_runs_of_the_same_work_compute_it_once(tmp_path):
 def test_a_damaged_store_entry_is_reported_with_the_folders_sharing_it(tmp_path, caplog):
     """Defect 5: a store entry whose model.pt changed is not used, and the warning names the run
     folders that share the damaged file through their hard links."""
-    from pipeline.artifacts import write_manifest
+    from pipeline.artifacts.stage_folder import write_manifest
+    from pipeline.artifacts.store import keep, restore, store_entry
     from pipeline.config import load_config
-    from pipeline.store import keep, restore, store_entry
 
     cfg, key = load_config("smoke", [f"cache_dir={tmp_path / 'cache'}"]), "adapt-damaged"
     first = tmp_path / "run1" / "adapt"

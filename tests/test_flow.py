@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline.artifacts import is_complete, read_manifest, read_metrics
+from pipeline.artifacts.stage_folder import is_complete, read_manifest, read_metrics
 
 STAGE_LINE = re.compile(r"^\s+(pretrain|adapt|classify)\s+(\w+)\s", re.M)
 WORK_MARKERS = ("tokenizing ", " epoch 1/")  # what training or tokenizing prints
@@ -86,6 +86,33 @@ def test_second_run_is_fully_cached(first_run):
     assert proc.states == {"pretrain": "Cached", "adapt": "Cached", "classify": "Cached"}
     # No wall-clock assertion (machines here are noisy): the cached-rerun time is a benchmark (BENCHMARKS.md).
     assert not any(marker in proc.output for marker in WORK_MARKERS), "cached run trained or tokenized"
+
+
+def test_the_check_loads_the_data_of_the_stages_that_will_compute_only(first_run, monkeypatch, tmp_path):
+    """A fully cached rerun loads no corpus before it starts; a rerun loads only what it will read."""
+    from pipeline import validate
+    from pipeline.config import load_config
+    from pipeline.stages.registry import Stage
+
+    run_dir, _ = first_run
+    loaded = []
+    monkeypatch.setattr(Stage, "load_data", lambda self, cfg: loaded.append(self.name))
+    monkeypatch.setattr(validate, "check_settings", lambda cfg: loaded.append("settings"))
+    cfg = load_config("smoke")
+    validate.check_run(cfg, run_dir)
+    assert loaded == ["settings"]
+    loaded.clear()
+    validate.check_run(cfg, run_dir, rerun="adapt")
+    assert loaded == ["settings", "adapt", "classify"]
+    loaded.clear()
+    validate.check_run(load_config("smoke", ["classify.lrs=[0.05,0.01]"]), run_dir)
+    assert loaded == ["settings", "classify"]
+    loaded.clear()
+    validate.check_run(cfg, tmp_path / "fresh")  # the stage store has them all: nothing will compute
+    assert loaded == ["settings"]
+    loaded.clear()
+    validate.check_run(load_config("smoke", ["pretrain.lr=0.02"]), tmp_path / "fresh")
+    assert loaded == ["settings", "pretrain", "adapt", "classify"]
 
 
 def test_changed_classify_setting_reruns_only_classify(first_run):
@@ -186,12 +213,12 @@ def test_transformer_backbones_through_the_smoke_flow(backbone, tokenizer, tmp_p
 # A stage that fails with a user error (here: the disk fills up while classify writes its first checkpoint).
 FAILING_RUN = """
 import errno, sys
-from pipeline import artifacts
+from pipeline.artifacts import stage_folder
 
 def full(*_args, **_kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
-artifacts.torch.save = full
+stage_folder.torch.save = full
 from flows.cli import main
 sys.exit(main(sys.argv[1:]))
 """

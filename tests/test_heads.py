@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.baseline import fit_tuned_logistic_regression
-from pipeline.heads import Standardize, init_from_probe, linear_head, use_head
+from pipeline.models.heads import Standardize, init_from_probe, linear_head, use_head
+from pipeline.training.baselines import fit_tuned_logistic_regression
 
 
 def _features(n: int, d: int, n_class: int, scale: float, seed: int = 0):

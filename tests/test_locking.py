@@ -6,12 +6,12 @@ import textwrap
 
 import pytest
 
+from pipeline.artifacts.locking import run_dir_lock
 from pipeline.errors import RunDirError, RunLockedError
-from pipeline.locking import run_dir_lock
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from pipeline.locking import run_dir_lock
+    from pipeline.artifacts.locking import run_dir_lock
     with run_dir_lock(sys.argv[1]):
         print("locked", flush=True)
         time.sleep(600)

@@ -1,4 +1,4 @@
-"""The heap trimming that keeps a CPU run's resident set flat (pipeline/memory.py, training.TrimHeap)."""
+"""The heap trimming that keeps a CPU run's resident set flat (pipeline/training/memory.py, training.TrimHeap)."""
 from types import SimpleNamespace
 
 import pytest
@@ -6,8 +6,8 @@ import torch
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 
-import pipeline.memory as memory
-import pipeline.training as training
+import pipeline.training.learner as training
+import pipeline.training.memory as memory
 from pipeline.stages import registry
 
 

@@ -3,14 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.backbones import REGISTRY, AwdLstmConfig, get_backbone
 from pipeline.config import ClassifyConfig, ModelConfig
-from pipeline.hf_backbones import TransformerConfig
+from pipeline.data.encoders import WORD_SPECIALS
 from pipeline.errors import ConfigError
-from pipeline.heads import Standardize, use_head
-from pipeline.text import WORD_SPECIALS
-from pipeline.training import discriminative
-from pipeline.transfer import transfer_embeddings
+from pipeline.models.backbones import REGISTRY, AwdLstmConfig, get_backbone
+from pipeline.models.heads import Standardize, use_head
+from pipeline.models.hf_backbones import TransformerConfig
+from pipeline.models.vocab_transfer import transfer_embeddings
+from pipeline.training.learner import discriminative
 
 SMALL = TransformerConfig(d_model=16, n_layers=3, n_heads=2, d_ff=32, max_positions=64)
 TINY = ModelConfig(awd_lstm=AwdLstmConfig(emb_sz=8, n_hid=16, n_layers=3), gpt=SMALL, bert=SMALL)
@@ -90,7 +90,7 @@ def _tiny_classifier_learner(cc: ClassifyConfig, train_items: list, valid_items:
     from fastai.metrics import accuracy
 
     from pipeline.stages.classify import loader
-    from pipeline.training import make_learner
+    from pipeline.training.learner import make_learner
 
     backbone = get_backbone("awd_lstm")
     dls = DataLoaders(loader(train_items, cc, True, "cpu", 1), loader(valid_items, cc, False, "cpu", 1), device="cpu")
@@ -101,7 +101,7 @@ def _tiny_classifier_learner(cc: ClassifyConfig, train_items: list, valid_items:
 
 def test_gradual_unfreezing_trains_only_the_unfrozen_groups():
     from pipeline.stages.classify import gradual_unfreezing
-    from pipeline.training import EpochLog
+    from pipeline.training.learner import EpochLog
 
     # phase 1 trains the head only; phase 2 has 0 epochs
     cc = ClassifyConfig(bptt=10, max_len=50, bs=4, epochs_per_phase=[1, 0], lrs=[1e-2, 1e-2])
@@ -118,7 +118,7 @@ def test_gradual_unfreezing_trains_only_the_unfrozen_groups():
 
 def test_stlr_schedule_shape():
     """Slanted triangular: starts at lr/32, peaks at lr after ~10 % of steps, decays back down."""
-    from pipeline.training import EpochLog, fit
+    from pipeline.training.learner import EpochLog, fit
 
     cc = ClassifyConfig(bptt=10, max_len=50, bs=2)
     items = [(torch.randint(2, 30, (8,)), torch.tensor(i % 2)) for i in range(60)]
@@ -136,8 +136,8 @@ def test_a_diverged_loss_stops_training_with_one_line():
     perplexity nan (or failed later, sampling from NaN probabilities). Now one TrainingDiverged line."""
     from fastai.data.core import DataLoaders
 
-    from pipeline.guards import TrainingDiverged
-    from pipeline.training import EpochLog, fit, make_learner
+    from pipeline.training.guards import TrainingDiverged
+    from pipeline.training.learner import EpochLog, fit, make_learner
 
     torch.manual_seed(0)
     items = [(torch.randn(4) * 1e10, torch.tensor(i % 2)) for i in range(64)]  # large inputs: logits overflow
@@ -190,7 +190,7 @@ def test_a_review_scores_the_same_alone_and_in_a_batch(name):
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 @pytest.mark.parametrize("max_len, head", [(50, "ulmfit"), (1000, "ulmfit"), (50, "lp_ft")])
 def test_the_export_scorer_gives_the_classifiers_probabilities(name, max_len, head):
-    """pipeline.scorers (the graph `ulmfit export --format onnx` writes) on the stage's batches, and on
+    """pipeline.models.scorers (the graph `ulmfit export --format onnx` writes) on the stage's batches, and on
     the same reviews padded at the end, as an ONNX user pads them; with either head."""
     cc = ClassifyConfig(bptt=20, max_len=max_len, head=head)
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import load_config
-from pipeline.data import load_corpus
+from pipeline.data.corpora import load_corpus
 from pipeline.validate import check_run
 
 REPO = Path(__file__).resolve().parents[1]

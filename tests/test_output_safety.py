@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from flows.cli import main
-from pipeline.artifacts import atomic_dir, foreign_content, write_stage
-from pipeline.model_file import ModelFile
-from pipeline.checkpoint import Checkpointer
-from pipeline.compare_report import write_report
+from pipeline.artifacts.model_file import ModelFile
+from pipeline.artifacts.stage_folder import atomic_dir, foreign_content, write_stage
 from pipeline.errors import ArtifactError
+from pipeline.study.report import write_report
+from pipeline.training.checkpoint import Checkpointer
 from tests.cli_errors import one_error
 
 
@@ -105,9 +105,9 @@ def test_the_stage_store_follows_the_same_rule(tmp_path, caplog):
     """The stage store hard-links stage folders into run folders and into `<cache>/stages/<key>/`
     (through atomic_dir): a linked-in stage is the tool's own to replace (the store's copy is unaffected),
     and neither a store entry nor a run folder holding a user's file is ever replaced."""
-    from pipeline.artifacts import is_complete
+    from pipeline.artifacts.stage_folder import is_complete
+    from pipeline.artifacts.store import keep, restore, store_entry
     from pipeline.config import load_config
-    from pipeline.store import keep, restore, store_entry
 
     cfg = load_config("smoke", [f"cache_dir={tmp_path / 'cache'}"])
     first = _stage(tmp_path / "X" / "pretrain")

@@ -31,7 +31,7 @@ def test_wheel_install_runs_the_smoke_flow_from_anywhere(tmp_path, data_dir):
           tmp_path / "dist", source])
     wheel = next((tmp_path / "dist").glob("ulmfit_flow-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"pipeline/datasets.toml", "pipeline/presets/smoke.toml", "flows/cli.py"} <= set(names)
+    assert {"pipeline/data/datasets.toml", "pipeline/presets/smoke.toml", "flows/cli.py"} <= set(names)
 
     # A fresh venv with the wheel (not the source tree) installed; the dependencies are this test
     # environment's, reached through a .pth path entry (which loads no editable-install hooks).

@@ -3,11 +3,18 @@ import typing
 
 import pytest
 
-from flows.params import (AdaptSettings, BackboneName, ClassifySettings, Preset, PretrainSettings, StageName,
-                          typed_overrides)
-from pipeline.backbones import REGISTRY
+from flows.params import (
+    AdaptSettings,
+    BackboneName,
+    ClassifySettings,
+    Preset,
+    PretrainSettings,
+    StageName,
+    typed_overrides,
+)
 from pipeline.config import available_presets, load_config
 from pipeline.errors import ConfigError
+from pipeline.models.backbones import REGISTRY
 from pipeline.stages.registry import stage_names
 
 

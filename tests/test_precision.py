@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline import accel
-from pipeline.backbones import get_backbone
+from pipeline.models.backbones import get_backbone
+from pipeline.training import accel
 
 # Trimmed /proc/cpuinfo lines of the two machines this project runs on.
 INTEL_AVX512_NO_BF16 = ("model name\t: Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz\n"

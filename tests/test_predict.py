@@ -1,4 +1,4 @@
-"""`ulmfit predict` and pipeline.predict: the classify stage's own inference path, batched and streamed.
+"""`ulmfit predict` and pipeline.use.predict: the classify stage's own inference path, batched and streamed.
 
 Issue 11: predict ignored `classify.max_tokens` / `truncation`, so a long review scored differently in
 predict than in the stage's evaluation; `predict --run R -` classified the text "-". Issue 13: texts
@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from flows.cli import main
-from pipeline import predict as predict_module
-from pipeline.artifacts import read_metrics
+from pipeline.artifacts.stage_folder import read_metrics
 from pipeline.config import load_config
-from pipeline.data import MAX_DOC_CHARS, load_corpus
-from pipeline.predict import Classifier, predict, predict_stream
+from pipeline.data.corpora import MAX_DOC_CHARS, load_corpus
+from pipeline.use import predict as predict_module
+from pipeline.use.predict import Classifier, predict, predict_stream
 from tests.cli_errors import one_error
 
 

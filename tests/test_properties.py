@@ -12,10 +12,16 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import RunConfig, load_config, parse_override
-from pipeline.data import is_number, load_corpus
+from pipeline.data.corpora import is_number, load_corpus
+from pipeline.data.word_tokens import (
+    SPECIAL_TOKENS,
+    build_vocab,
+    detokenize,
+    numericalize,
+    tokenize_cached,
+    tokenize_texts,
+)
 from pipeline.errors import ConfigError, DataError
-from pipeline.tokens import detokenize
-from pipeline.tokens import SPECIAL_TOKENS, build_vocab, numericalize, tokenize_cached, tokenize_texts
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -23,7 +29,7 @@ FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 TEXT_CHARS = st.characters(blacklist_categories=("Cc", "Cs", "Co", "Cn"), whitelist_characters="\n\t")
 texts = st.text(TEXT_CHARS, min_size=1, max_size=60).filter(lambda t: t.strip())
 labels = st.sampled_from(["pos", "neg", "meh", "5", "a b"])
-# A corpus whose every text is a number is refused (a wrong text column): pipeline.data.is_number
+# A corpus whose every text is a number is refused (a wrong text column): pipeline.data.corpora.is_number
 rows = st.lists(st.tuples(texts, labels), min_size=2, max_size=15).filter(
     lambda r: len({lab for _, lab in r}) >= 2 and not all(is_number(t) for t, _ in r))
 

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.artifacts import read_metrics
+from pipeline.artifacts.stage_folder import read_metrics
 from pipeline.config import load_config, stage_config
+from pipeline.data.encoders import WORD_SPECIALS
 from pipeline.errors import ConfigError
 from pipeline.stages import registry
-from pipeline.text import WORD_SPECIALS
 from tests import plugins
 from tests.test_flow import WORK_MARKERS
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["pretrain", "adapt", "classify", "export"]
+STAGES = ["pretrain", "adapt", "lm_check", "classify", "export"]
 SUMMARY = re.compile(r"^  (\w+)\s+(Completed|Cached)\s+[\d.]+s  ", re.M)
 
 
@@ -34,7 +34,7 @@ def installed():
 
 def test_a_registered_backbone_gets_a_config_section_and_cli_choice(installed, capsys):
     from flows.cli import main
-    from pipeline.backbones import get_backbone
+    from pipeline.models.backbones import get_backbone
 
     cfg = load_config("smoke", ["model.backbone=tiny", "model.tiny.n_hid=40"])
     assert cfg.model.sizes() == plugins.TinySizes(n_hid=40)
@@ -80,63 +80,108 @@ def test_the_ui_parameter_schema_lists_registered_entries():
     assert proc.returncode == 0, proc.output[-3000:]
     run, compare = json.loads(proc.stdout.splitlines()[-1])
     assert run["properties"]["backbone"]["anyOf"][0]["enum"] == ["awd_lstm", "gpt", "bert", "tiny"]
-    assert run["properties"]["rerun"]["anyOf"][0]["enum"] == ["pretrain", "adapt", "classify", "export"]
+    assert run["properties"]["rerun"]["anyOf"][0]["enum"] == STAGES
     assert compare["properties"]["backbones"]["items"]["enum"] == ["awd_lstm", "gpt", "bert", "tiny"]
     assert compare["properties"]["backbones"]["default"] == ["awd_lstm", "gpt", "bert", "tiny"]
 
 
+def test_a_stage_registered_in_the_middle_of_the_chain_is_built_on(installed):
+    assert list(registry.REGISTRY) == STAGES
+    assert [registry.REGISTRY[s].upstream for s in STAGES] == [None, "pretrain", "adapt", "lm_check", "classify"]
+    assert registry.classifier_stage() == "classify" and registry.depends_on("classify", "lm_check")
+    with pytest.raises(ConfigError, match="cannot go before classify, which builds on 'lm_check', not on 'pretrain'"):
+        registry.register(registry.Stage("x", "tests.plugin_stage", "pretrain", ("a", "b"), lambda cfg: 0, "lm"),
+                          before="classify")
+    plugins.uninstall()
+    assert list(registry.REGISTRY) == ["pretrain", "adapt", "classify"]
+    assert registry.REGISTRY["classify"].upstream == "adapt"  # unregistering re-points what built on it
+
+
 @pytest.mark.slow
-def test_a_registered_stage_and_backbone_run_in_the_flow(tmp_path, data_dir):
-    """The smoke flow with both: four stages with their summary lines, then a fully cached rerun."""
-    run_dir = tmp_path / "run"
-    script = f"""
+def test_registered_stages_and_backbone_run_in_the_flow(tmp_path, data_dir):
+    """The smoke flow with a stage in the middle of the chain, one at its end and a new backbone: five stages
+    with their summary lines, then a fully cached rerun, `--rerun lm_check` (the stages built on it, not those
+    before it), validation refusing a user's file in the new stage's folder, compare's cells, the notebooks'
+    API and predict."""
+    run_dir, cmp_dir, other = tmp_path / "run", tmp_path / "cmp", tmp_path / "other"
+    run = ["run", "--preset", "smoke", "--set", "model.backbone=tiny", "--out", str(run_dir)]
+
+    def script(argv: list[str], after: str = "") -> str:
+        return f"""
         import sys
         from tests import plugins
         plugins.install()
         from flows.cli import main
-        sys.exit(main(["run", "--preset", "smoke", "--set", "model.backbone=tiny", "--out", {str(run_dir)!r}]))
+        code = main({argv!r})
+        {after}
+        sys.exit(code)
     """
-    first = _python(script)
+
+    first = _python(script(run))
     assert first.returncode == 0, first.output[-3000:]
     assert dict(SUMMARY.findall(first.stdout)) == dict.fromkeys(STAGES, "Completed"), first.stdout[-2000:]
     export = read_metrics(run_dir / "export")
     assert f"classifier weights: {export['n_weights']:.4f}  -> {run_dir / 'export'}" in first.stdout
     assert read_metrics(run_dir / "pretrain")["backbone"] == "tiny"
-    again = _python(script)
+    assert read_metrics(run_dir / "lm_check")["n_weights"] > 0
+    again = _python(script(run))
     assert again.returncode == 0, again.output[-3000:]
     assert dict(SUMMARY.findall(again.stdout)) == dict.fromkeys(STAGES, "Cached")
     assert not any(marker in again.output for marker in WORK_MARKERS)
+    rerun = _python(script(run + ["--rerun", "lm_check"]))
+    assert rerun.returncode == 0, rerun.output[-3000:]
+    assert dict(SUMMARY.findall(rerun.stdout)) == {"pretrain": "Cached", "adapt": "Cached", "lm_check": "Completed",
+                                                  "classify": "Completed", "export": "Completed"}
 
+    (other / "lm_check").mkdir(parents=True)
+    (other / "lm_check" / "notes.txt").write_text("mine")
+    refused = _python(script(run[:-1] + [str(other)]))
+    assert refused.returncode != 0 and str(other / "lm_check") in refused.output, refused.output[-2000:]
 
-# --- code versions ----------------------------------------------------------------------------------
+    after = f"""
+        import json
+        from pipeline.use import inspection
+        from pipeline.use.predict import predict
+        folder = inspection.stage_dir({str(run_dir)!r}, "lm_check")
+        scores = predict({str(run_dir)!r}, ["a wonderful film", "a dull mess"])
+        print("CHECKS", json.dumps({{"folder": str(folder), "n": len(scores)}}))
+    """
+    compare = _python(script(["compare", "--preset", "smoke", "--backbones", "tiny", "--variants", "full",
+                              "--out", str(cmp_dir)], after))
+    assert compare.returncode == 0, compare.output[-3000:]
+    checks = json.loads(compare.stdout.split("CHECKS ")[-1].splitlines()[0])
+    assert checks == {"folder": str(run_dir / "lm_check"), "n": 2}
+    cell = read_metrics(cmp_dir / "tiny" / "lm_check-full-seed42")  # a cell's own folder for the new stage
+    assert cell["n_weights"] == read_metrics(run_dir / "lm_check")["n_weights"]
+
 
 def test_a_stage_code_version_is_its_import_closure():
     closure = {name: registry.import_closure(stage.module) for name, stage in registry.REGISTRY.items()}
-    assert {"pipeline.lm", "pipeline.training", "pipeline.stages.lm_stage"} <= set(closure["pretrain"])
-    assert "pipeline.transfer" in closure["adapt"] and "pipeline.transfer" not in closure["pretrain"]
-    assert "pipeline.stages.classify_data" in closure["classify"] and "pipeline.lm" not in closure["classify"]
+    assert {"pipeline.training.lm", "pipeline.training.learner", "pipeline.stages.lm_stage"} <= set(closure["pretrain"])
+    assert "pipeline.models.vocab_transfer" in closure["adapt"] and "pipeline.models.vocab_transfer" not in closure["pretrain"]
+    assert "pipeline.stages.classify_data" in closure["classify"] and "pipeline.training.lm" not in closure["classify"]
     for modules in closure.values():  # the flow's plumbing and the registry itself are not a stage's code
-        assert not {"pipeline.store", "pipeline.compare", "pipeline.stages.registry", "pipeline.launch"} & set(modules)
+        assert not {"pipeline.artifacts.store", "pipeline.study.compare", "pipeline.stages.registry", "pipeline.stages.run_one"} & set(modules)
     assert len({registry.code_version(s.module) for s in registry.REGISTRY.values()}) == 3
 
 
 def test_editing_or_adding_an_imported_module_changes_the_code_version(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     stage = tmp_path / "my_stage.py"
-    stage.write_text("from pipeline.cards import card\n\ndef run(ctx):\n    return card\n")
+    stage.write_text("from pipeline.artifacts.cards import card\n\ndef run(ctx):\n    return card\n")
 
     def version():
         registry.code_version.cache_clear()
         return registry.code_version("my_stage")
 
     first = version()
-    assert set(registry.import_closure("my_stage")) == {"my_stage", "pipeline", "pipeline.cards"}
+    assert set(registry.import_closure("my_stage")) == {"my_stage", "pipeline", "pipeline.artifacts", "pipeline.artifacts.cards"}
     stage.write_text(stage.read_text() + "# a comment\n")
     second = version()
-    stage.write_text(stage.read_text() + "\ndef later():\n    from pipeline import transfer\n")  # a lazy import
+    stage.write_text(stage.read_text() + "\ndef later():\n    from pipeline.models import vocab_transfer\n")  # a lazy import
     third = version()
     assert len({first, second, third}) == 3
-    assert "pipeline.transfer" in registry.import_closure("my_stage")
+    assert "pipeline.models.vocab_transfer" in registry.import_closure("my_stage")
 
 
 def _runtime_imports(path: Path, package: str) -> set[str]:

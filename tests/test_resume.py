@@ -14,8 +14,8 @@ import time
 import pytest
 import torch
 
-from pipeline.artifacts import partial_dir, read_metrics
-from pipeline.checkpoint import Checkpointer
+from pipeline.artifacts.stage_folder import partial_dir, read_metrics
+from pipeline.training.checkpoint import Checkpointer
 
 EPOCHS = 3
 ARGS = ["run", "--preset", "smoke", "--set", f"pretrain.epochs={EPOCHS}", "--set", "pretrain.max_docs=12"]

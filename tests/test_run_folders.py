@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from pipeline.artifacts import read_manifest, read_metrics
+from pipeline.artifacts.stage_folder import read_manifest, read_metrics
 from tests.test_flow import WORK_MARKERS
 from tests.test_flow import ulmfit_here as ulmfit  # in this process; the real command: test_flow.first_run
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.download import _check_member
+from pipeline.data.download import _check_member
 from pipeline.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,15 +5,14 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.artifacts import is_complete, read_metrics
-
-from pipeline.model_file import load_model_file
+from pipeline.artifacts.model_file import load_model_file
+from pipeline.artifacts.stage_folder import is_complete, read_metrics
 from pipeline.config import load_config
 from pipeline.errors import ArtifactError, DataError
-from pipeline.predict import predict
 from pipeline.stages import adapt, classify, pretrain
 from pipeline.stages.context import make_context
 from pipeline.stages.registry import get_stage
+from pipeline.use.predict import predict
 
 ARTIFACT_FILES = {"model.pt", "metrics.json", "history.csv", "history.png", "card.md", "manifest.json"}
 TITLES = {"pretrain": "# Stage 1: pretrained language model",
@@ -221,15 +220,15 @@ def test_pretrain_missing_valid_split_suggests_hold_out(tmp_path, data_dir):
 def test_notebooks_see_the_test_sample_the_stage_saw(run_dir, tmp_path, data_dir, monkeypatch):
     """The classifier records the rows of its samples; inspect reads them from the run's own data folder,
     whatever seed or $ULMFIT_DATA_DIR are in effect later."""
-    from pipeline import inspect
     from pipeline.stages.classify_data import load_splits
+    from pipeline.use import inspection
 
     cfg = load_config("smoke", ["seed=7"])
     classify.run(ctx("classify", cfg, tmp_path / "run" / "classify", run_dir / "adapt"))
     monkeypatch.setenv("ULMFIT_DATA_DIR", str(tmp_path / "elsewhere"))
-    sample = inspect.test_sample(tmp_path / "run")
+    sample = inspection.test_sample(tmp_path / "run")
     seen = load_splits(cfg.classify, data_dir, 7).test.reset_index(drop=True)
     pd.testing.assert_frame_equal(sample, seen)
     assert not sample.equals(load_splits(cfg.classify, data_dir, 42).test.reset_index(drop=True))
-    confusion = inspect.confusion_matrix(tmp_path / "run")
+    confusion = inspection.confusion_matrix(tmp_path / "run")
     assert confusion.sum(axis=1).to_dict() == sample["label"].value_counts().to_dict()

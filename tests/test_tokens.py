@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from pipeline import tokens
-from pipeline.tokens import (SPECIAL_TOKENS, UNK, build_vocab, numericalize, tokenize_cached, tokenize_texts)
+from pipeline.data import word_tokens
+from pipeline.data.word_tokens import SPECIAL_TOKENS, UNK, build_vocab, numericalize, tokenize_cached, tokenize_texts
 
 
 def words(corpus, i: int) -> list[str]:
@@ -30,21 +30,21 @@ def test_special_tokens_survive_tokenization():
 def test_cache_is_reused(tmp_path, monkeypatch):
     texts = ["A first review.", "Another one, rather longer than the first."]
     first = tokenize_cached(texts, tmp_path, n_workers=0)
-    monkeypatch.setattr(tokens, "_stream_chunks", lambda *a: pytest.fail("tokenized again"))
+    monkeypatch.setattr(word_tokens, "_stream_chunks", lambda *a: pytest.fail("tokenized again"))
     second = tokenize_cached(texts, tmp_path, n_workers=0)
     assert second.types == first.types and np.array_equal(second.ids, first.ids)
     assert len(second) == 2 and words(second, 0)[0] == "xxbos"
 
 
 def test_cache_key_depends_on_text_and_settings():
-    assert tokens.token_cache_key(["a"], "en") != tokens.token_cache_key(["b"], "en")
-    assert tokens.token_cache_key(["a"], "en") != tokens.token_cache_key(["a"], "de")
-    assert tokens.token_cache_key(["ab"], "en") != tokens.token_cache_key(["a", "b"], "en")
+    assert word_tokens.token_cache_key(["a"], "en") != word_tokens.token_cache_key(["b"], "en")
+    assert word_tokens.token_cache_key(["a"], "en") != word_tokens.token_cache_key(["a"], "de")
+    assert word_tokens.token_cache_key(["ab"], "en") != word_tokens.token_cache_key(["a", "b"], "en")
 
 
 def test_parallel_matches_serial(tmp_path, monkeypatch):
-    monkeypatch.setattr(tokens, "PARALLEL_MIN_DOCS", 2)
-    monkeypatch.setattr(tokens, "CHUNK_CHARS", 40)  # several chunks, more than the 4 in flight
+    monkeypatch.setattr(word_tokens, "PARALLEL_MIN_DOCS", 2)
+    monkeypatch.setattr(word_tokens, "CHUNK_CHARS", 40)  # several chunks, more than the 4 in flight
     texts = [f"Review number {i} is OK! " * (i % 3 + 1) for i in range(12)]
     parallel = tokenize_cached(texts, tmp_path / "a", n_workers=2)
     serial = tokenize_cached(texts, tmp_path / "b", n_workers=0)
@@ -56,8 +56,8 @@ def test_streamed_arrays_match_the_in_memory_definition(tmp_path, monkeypatch):
     """The on-disk format is unchanged: types by count (ties: first occurrence), ids, offsets, counts."""
     from collections import Counter
 
-    monkeypatch.setattr(tokens, "CHUNK_CHARS", 30)
-    monkeypatch.setattr(tokens, "REWRITE_BLOCK", 7)
+    monkeypatch.setattr(word_tokens, "CHUNK_CHARS", 30)
+    monkeypatch.setattr(word_tokens, "REWRITE_BLOCK", 7)
     texts = ["The cat sat on the mat.", "A dog! A dog? The end.", "Cats and dogs, dogs and cats."] * 3
     docs = tokenize_texts(texts)
     counts = Counter(t for d in docs for t in d)
@@ -90,7 +90,7 @@ def test_max_vocab_caps_size(tmp_path):
 
 
 def test_detokenize_restores_case_for_display():
-    from pipeline.tokens import detokenize
+    from pipeline.data.word_tokens import detokenize
 
     assert detokenize(["xxbos", "xxmaj", "this", "is", "xxup", "great", "!"]) == "This is GREAT !"
 
@@ -102,7 +102,7 @@ def test_damaged_token_cache_is_tokenized_again(tmp_path, damage):
     texts = [f"review number {i}, rather good" for i in range(20)]
     first = tokenize_cached(texts, tmp_path, n_workers=0)
     expected = np.array(first.ids)  # a copy: first.ids maps the file damaged below
-    folder = tmp_path / "tokens" / tokens.token_cache_key(texts, "en")
+    folder = tmp_path / "tokens" / word_tokens.token_cache_key(texts, "en")
     ids = folder / "ids.npy"
     if damage == "truncate-ids":
         ids.write_bytes(ids.read_bytes()[: ids.stat().st_size // 2])
@@ -122,7 +122,7 @@ def test_damaged_token_cache_is_tokenized_again(tmp_path, damage):
 
 def test_document_over_spacy_max_length_tokenizes():
     """spaCy refuses texts over nlp.max_length (1,000,000 characters, E088); documents up to
-    pipeline.data.MAX_DOC_CHARS pass the loaders, so they must tokenize."""
+    pipeline.data.corpora.MAX_DOC_CHARS pass the loaders, so they must tokenize."""
     text = "Fine words. " * 100_000  # 1.2 M characters
     toks = tokenize_texts([text])[0]
     assert toks[0] == "xxbos" and toks.count("words") == 100_000
@@ -133,8 +133,8 @@ def test_intact_entry_from_before_manifests_is_kept(tmp_path, monkeypatch):
     is kept and given a manifest."""
     texts = [f"review number {i}, rather good" for i in range(20)]
     first = tokenize_cached(texts, tmp_path, n_workers=0)
-    folder = tmp_path / "tokens" / tokens.token_cache_key(texts, "en")
+    folder = tmp_path / "tokens" / word_tokens.token_cache_key(texts, "en")
     (folder / "manifest.json").unlink()
-    monkeypatch.setattr(tokens, "_stream_chunks", lambda *a: pytest.fail("tokenized again"))
+    monkeypatch.setattr(word_tokens, "_stream_chunks", lambda *a: pytest.fail("tokenized again"))
     again = tokenize_cached(texts, tmp_path, n_workers=0)
     assert again.types == first.types and (folder / "manifest.json").exists()

@@ -15,7 +15,6 @@ import os
 import pickle
 import tarfile
 import threading
-from pathlib import Path
 
 import pytest
 import torch
@@ -34,7 +33,7 @@ def zoo(tmp_path_factory, data_dir):
     """fastai's zoo files made by fastai, packed as wt103-fwd.tgz and served on a loopback mirror."""
     from fastai.text.all import AWD_LSTM, TextDataLoaders, awd_lstm_lm_config, language_model_learner
 
-    from pipeline.data import load_corpus
+    from pipeline.data.corpora import load_corpus
 
     root = tmp_path_factory.mktemp("zoo")
     import pandas as pd
@@ -74,7 +73,7 @@ def from_zoo(zoo, tmp_path_factory):
     try:
         # Smaller slices than smoke's: the published size (~20 M parameters here) is slow on 2 cores.
         cfg = load_config("smoke", ["pretrain.init_from=wt103-fwd", "pretrain.epochs=0", "pretrain.max_valid_docs=1",
-                                    "adapt.max_docs=40", "adapt.max_valid_docs=5", "adapt.frozen_epochs=0",
+                                    "adapt.max_docs=16", "adapt.max_valid_docs=4", "adapt.frozen_epochs=0",
                                     "classify.n_labels=20", "classify.n_valid=10", "classify.n_test=20",
                                     "classify.baselines=false", f"cache_dir={root / 'cache'}"])
         check_run(cfg, root / "run")  # downloads, unpacks and reads the vocabulary before any stage
@@ -98,9 +97,9 @@ def test_stage_1_from_the_zoo_scores_as_fastai_loads_it(zoo, from_zoo):
     """Next-token log-probabilities of our stage-1 model against fastai's own loading of the same files."""
     from fastai.text.all import AWD_LSTM, awd_lstm_lm_config, language_model_learner
 
-    from pipeline.model_file import load_model_file
-    from pipeline.backbones import get_backbone
-    from pipeline.text import encoder_from_state
+    from pipeline.artifacts.model_file import load_model_file
+    from pipeline.data.encoders import encoder_from_state
+    from pipeline.models.backbones import get_backbone
 
     saved = load_model_file(from_zoo["run"] / "pretrain")
     assert saved.arch | {"drop_mult": 0} == {"vocab_size": len(zoo["vocab"]), "emb_sz": 400, "n_hid": 1152,
@@ -128,7 +127,7 @@ def test_stage_1_from_the_zoo_scores_as_fastai_loads_it(zoo, from_zoo):
 
 @pytest.mark.slow
 def test_stages_2_and_3_run_from_the_published_model(from_zoo):
-    from pipeline.artifacts import read_metrics
+    from pipeline.artifacts.stage_folder import read_metrics
 
     pre, ada, cla = (read_metrics(from_zoo["run"] / s) for s in ("pretrain", "adapt", "classify"))
     assert pre["epochs"] == 0 and pre["init_source"].startswith("wt103-fwd: fastai's AWD-LSTM")
@@ -140,7 +139,7 @@ def test_stages_2_and_3_run_from_the_published_model(from_zoo):
 
 def test_a_vocabulary_pickle_that_would_run_code_is_refused(tmp_path):
     from pipeline.errors import ArtifactError
-    from pipeline.zoo import read_vocab_pickle
+    from pipeline.models.zoo import read_vocab_pickle
 
     marker = tmp_path / "ran"
 
@@ -161,7 +160,7 @@ def test_a_vocabulary_pickle_that_would_run_code_is_refused(tmp_path):
 def test_a_plain_state_dict_loads_too(tmp_path):
     from fastai.text.all import AWD_LSTM, awd_lstm_lm_config, get_language_model
 
-    from pipeline.zoo import load_fastai_lm
+    from pipeline.models.zoo import load_fastai_lm
 
     vocab = ["xxunk", "xxpad", "xxbos", "the", "film"]
     model = get_language_model(AWD_LSTM, len(vocab), config={**awd_lstm_lm_config, "emb_sz": 8, "n_hid": 16})
@@ -172,7 +171,7 @@ def test_a_plain_state_dict_loads_too(tmp_path):
 
 
 def test_a_backward_run_takes_the_backward_twin():
-    from pipeline.zoo import _for_direction, registry
+    from pipeline.models.zoo import _for_direction, registry
 
     models = registry()
     assert _for_direction("wt103-fwd", models["wt103-fwd"], "backward") == "wt103-bwd"

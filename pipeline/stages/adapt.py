@@ -7,21 +7,26 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.accel import resolve_precision, wants_compile
-from pipeline.model_file import ModelFile, load_model_file
-from pipeline.backbones import get_backbone, with_vocab
+from pipeline.artifacts.model_file import ModelFile, load_model_file
 from pipeline.config import AdaptConfig, RunConfig
-from pipeline.data import is_registered, load_corpus, resolve_data_dir
-from pipeline.direction import check_upstream, single_direction
+from pipeline.data.corpora import is_registered, load_corpus, resolve_data_dir
+from pipeline.data.encoders import encoder_from_state, fit_encoder
 from pipeline.errors import DataError
-from pipeline.lm import SAMPLE_PROMPTS, evaluate, final_scores, generate, lm_data, lm_learner
+from pipeline.models.backbones import get_backbone, with_vocab
+from pipeline.models.direction import check_upstream, single_direction
+from pipeline.models.vocab_transfer import transfer_embeddings
 from pipeline.stages.context import StageContext, StageResult
 from pipeline.stages.lm_stage import sample_rows, write_lm_stage
-from pipeline.text import encoder_from_state, fit_encoder
-from pipeline.training import EpochLog, count_params, discriminative, fit, pick_device, seed_everything
-from pipeline.transfer import transfer_embeddings
+from pipeline.training.accel import resolve_precision, wants_compile
+from pipeline.training.learner import EpochLog, count_params, discriminative, fit, pick_device, seed_everything
+from pipeline.training.lm import SAMPLE_PROMPTS, evaluate, final_scores, generate, lm_data, lm_learner
 
 log = logging.getLogger("ulmfit")
+
+
+def held_out_split(cfg: RunConfig) -> tuple[list[str], list[str]]:
+    """The stage's (train, held-out) texts, as the stage and the validation (`pipeline.validate`) load them."""
+    return split_held_out(domain_texts(cfg.adapt, resolve_data_dir(cfg.data_dir)), cfg.adapt, cfg.seed)
 
 
 def domain_texts(ac: AdaptConfig, data_dir: Path) -> list[str]:
@@ -72,7 +77,7 @@ def run(ctx: StageContext) -> StageResult:
     seed_everything(cfg.seed)
     pretrained = load_model_file(ctx.upstream(), expect_kind="lm")
     check_upstream(pretrained.config, direction, ctx.upstream())
-    train_texts, valid_texts = split_held_out(domain_texts(ac, resolve_data_dir(cfg.data_dir)), ac, cfg.seed)
+    train_texts, valid_texts = held_out_split(cfg)
     backbone, device = get_backbone(pretrained.backbone), pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, backbone, device)
     encoder, arch, model, n_known = target_model(cfg, pretrained, train_texts)

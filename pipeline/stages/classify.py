@@ -19,24 +19,32 @@ from fastai.data.core import DataLoaders
 from fastai.metrics import accuracy
 from fastai.text.data import SortedDL, pad_chunk
 
-from pipeline import distributed
-from pipeline.accel import inference_autocast, resolve_precision, wants_compile
-from pipeline.artifacts import write_stage
-from pipeline.model_file import ModelFile, cpu_state, load_model_file
-from pipeline.backbones import get_backbone
-from pipeline.baseline import pooled_features, same_sample_baselines
-from pipeline.bn_stats import RecomputeBNStats
-from pipeline.cards import card, confusion_table, loss_plot
+from pipeline.artifacts.cards import card, confusion_table, loss_plot
+from pipeline.artifacts.model_file import ModelFile, cpu_state, load_model_file
+from pipeline.artifacts.probabilities import PREDICTIONS_FILE, predictions_table, table_bytes
+from pipeline.artifacts.stage_folder import write_stage
 from pipeline.config import ClassifyConfig, stage_config
-from pipeline.data import resolve_data_dir
-from pipeline.direction import check_upstream, orient, single_direction
+from pipeline.data.corpora import resolve_data_dir
+from pipeline.data.encoders import encoder_from_state
 from pipeline.errors import ArtifactError
-from pipeline.heads import init_from_probe, use_head
-from pipeline.scores import PREDICTIONS_FILE, predictions_table, table_bytes
-from pipeline.stages.classify_data import LabeledSplits, load_splits
+from pipeline.models.backbones import get_backbone
+from pipeline.models.direction import check_upstream, orient, single_direction
+from pipeline.models.heads import init_from_probe, use_head
+from pipeline.stages.classify_data import LabeledSplits, stage_splits
 from pipeline.stages.context import StageContext, StageResult
-from pipeline.text import encoder_from_state
-from pipeline.training import EpochLog, count_params, discriminative, fit, make_learner, pick_device, seed_everything
+from pipeline.training import ranks
+from pipeline.training.accel import inference_autocast, resolve_precision, wants_compile
+from pipeline.training.baselines import pooled_features, same_sample_baselines
+from pipeline.training.bn_stats import RecomputeBNStats
+from pipeline.training.learner import (
+    EpochLog,
+    count_params,
+    discriminative,
+    fit,
+    make_learner,
+    pick_device,
+    seed_everything,
+)
 
 log = logging.getLogger("ulmfit")
 
@@ -55,7 +63,7 @@ def truncate(ids: np.ndarray, cc: ClassifyConfig) -> np.ndarray:
 def encode_texts(texts: list[str], encoder, cc: ClassifyConfig, name: str, direction: str,
                  cache: bool = True) -> list[torch.Tensor]:
     """Token ids of each text as the classifier reads them: cut by `truncate` (so head and tail are the
-    review's own), then read in the model's direction (pipeline.direction). Training, evaluation and
+    review's own), then read in the model's direction (pipeline.models.direction). Training, evaluation and
     predict all encode through here."""
     bos = encoder.specials.bos
     return [torch.from_numpy(orient(truncate(ids, cc), bos, direction)) for ids in encoder.encode(texts, name, cache=cache)]
@@ -141,7 +149,7 @@ def gradual_unfreezing(learn, cc: ClassifyConfig, recorder: EpochLog, ckpt=None,
 
 def class_probs(learn, dl) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities and targets of every item in `dl` (a `loader`), in the items' order: the one
-    inference path of the test evaluation and of `pipeline.predict`."""
+    inference path of the test evaluation and of `pipeline.use.predict`."""
     probs, targets = learn.get_preds(dl=dl)
     return probs.float(), targets
 
@@ -181,8 +189,7 @@ def run(ctx: StageContext) -> StageResult:
     seed_everything(seed)
     adapted = load_model_file(ctx.upstream(), expect_kind="lm")
     check_upstream(adapted.config, direction, ctx.upstream())
-    data_dir = resolve_data_dir(cfg.data_dir)
-    splits = load_splits(cc, data_dir, seed, test_seed=cfg.seed)
+    splits = stage_splits(cfg)
     encoder = encoder_from_state(adapted.tokenizer, adapted.vocab, cfg.cache_dir, cfg.tokenizer.n_workers)
     classes, pad = splits.classes, encoder.specials.pad
     train, valid, test = (encode(getattr(splits, s), encoder, classes, cc, f"{cc.corpus}/{s}-sample", direction)
@@ -201,7 +208,7 @@ def run(ctx: StageContext) -> StageResult:
     start_head = start_from_probe(model, backbone, train, valid, cc, device, pad, precision) if cc.head == "lp_ft" else {}
     # Under DDP: this rank's share of the training examples and of the batch; every rank validates
     # and tests on the whole sets, so the metrics are the global ones.
-    train_dl = loader(distributed.shard_items(train), cc, True, device, pad, distributed.per_rank_batch(cc.bs))
+    train_dl = loader(ranks.shard_items(train), cc, True, device, pad, ranks.per_rank_batch(cc.bs))
     dls = DataLoaders(train_dl, loader(valid, cc, False, device, pad), device=device)
     callbacks = backbone.classifier_callbacks() + ([RecomputeBNStats()] if cc.recompute_bn_stats else [])
     learn = make_learner(dls, model, backbone.classifier_splitter, callbacks, [accuracy],
@@ -232,9 +239,9 @@ def run(ctx: StageContext) -> StageResult:
     model_file = ModelFile(kind="classifier", stage=ctx.stage, backbone=backbone.name, arch=adapted.arch,
                            config=stage_config(cfg, ctx.stage), state_dict=cpu_state(learn.model),
                            vocab=list(encoder.itos), tokenizer=adapted.tokenizer, classes=classes,
-                           samples=splits.indices(), data_dir=str(data_dir))
+                           samples=splits.indices(), data_dir=str(resolve_data_dir(cfg.data_dir)))
     shown = {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "classes")}
-    # each test review's probabilities, for an ensemble with another classifier (pipeline/ensemble.py)
+    # each test review's probabilities, for an ensemble with another classifier (pipeline/use/ensemble.py)
     test_probs = predictions_table(model_file.samples["test"], splits.test["label"].tolist(), classes, scores["probs"])
     write_stage(ctx.out_dir, model=model_file, metrics=metrics, history=history, cache_key=ctx.cache_key,
                 extra_files={"history.png": loss_plot(recorder.batch_losses, history, "Stage 3: classifier"),

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import ClassifyConfig
-from pipeline.data import class_counts, dataset_labels, is_registered, load_corpus
+from pipeline.config import ClassifyConfig, RunConfig
+from pipeline.data.corpora import class_counts, dataset_labels, is_registered, load_corpus, resolve_data_dir
 from pipeline.errors import DataError
 
 USER_TEST_FRAC = 0.2  # a user's file with no test file: this share becomes the test set
@@ -64,6 +64,13 @@ def balanced_sample(frame: pd.DataFrame, n: int | None, rng: np.random.Generator
                             f"(classes found: {class_counts(frame['label'])})")
         picked.append(rng.choice(idx, size=want, replace=False))
     return frame.loc[np.sort(np.concatenate(picked))]
+
+
+def stage_splits(cfg: RunConfig) -> LabeledSplits:
+    """The classify stage's splits, as the stage and the validation (`pipeline.validate`) load them: its own
+    seed for the labeled sample and hold-out, the run's seed for the test sample."""
+    cc = cfg.classify
+    return load_splits(cc, resolve_data_dir(cfg.data_dir), cfg.seed if cc.seed is None else cc.seed, test_seed=cfg.seed)
 
 
 def load_splits(cc: ClassifyConfig, data_dir: Path, seed: int, test_seed: int | None = None) -> LabeledSplits:

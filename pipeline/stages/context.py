@@ -1,7 +1,7 @@
 """What a stage is given and what it hands back: `run(ctx: StageContext) -> StageResult`.
 
 Whoever launches a stage builds its context with `make_context`: the flow's task for a stage
-run in its own process, and every torchrun worker (`pipeline.launch`) for a data-parallel one.
+run in its own process, and every torchrun worker (`pipeline.stages.run_one`) for a data-parallel one.
 Nothing reaches a stage through hidden state: the config object, the folders, the cache key,
 the checkpointer and the process rank are all here.
 """
@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline import distributed
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
+from pipeline.training import ranks
 
 if TYPE_CHECKING:  # fastai is slow to import: only the stage's own process needs it
-    from pipeline.checkpoint import Checkpointer
+    from pipeline.training.checkpoint import Checkpointer
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,9 @@ def make_context(stage: str, cfg: RunConfig, out_dir: str | Path, upstream_dir: 
     out = Path(out_dir).expanduser().resolve()
     checkpointer = None
     if resumable:
-        from pipeline.artifacts import partial_dir
-        from pipeline.checkpoint import Checkpointer
+        from pipeline.artifacts.stage_folder import partial_dir
+        from pipeline.training.checkpoint import Checkpointer
 
         checkpointer = Checkpointer(partial_dir(out), cache_key)
     upstream = Path(upstream_dir).expanduser().resolve() if upstream_dir else None
-    return StageContext(stage, cfg, out, upstream, cache_key, checkpointer, distributed.rank())
+    return StageContext(stage, cfg, out, upstream, cache_key, checkpointer, ranks.rank())

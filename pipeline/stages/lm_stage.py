@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.artifacts import write_stage
-
-from pipeline.model_file import ModelFile, cpu_state
-from pipeline.cards import card, loss_plot
+from pipeline.artifacts.cards import card, loss_plot
+from pipeline.artifacts.model_file import ModelFile, cpu_state
+from pipeline.artifacts.stage_folder import write_stage
 from pipeline.config import stage_config
 from pipeline.stages.context import StageContext, StageResult
-from pipeline.training import EpochLog
+from pipeline.training.learner import EpochLog
 
 
 def sample_rows(n_rows: int, n: int | None, seed: int) -> np.ndarray:

@@ -4,18 +4,18 @@ from __future__ import annotations
 import logging
 import time
 
-from pipeline.accel import resolve_precision, wants_compile
-from pipeline.backbones import Backbone, get_backbone
 from pipeline.config import VALID_AUTO, RunConfig
-from pipeline.data import load_corpus, resolve_data_dir, split_available
-from pipeline.direction import single_direction
+from pipeline.data.corpora import load_corpus, resolve_data_dir, split_available
+from pipeline.data.encoders import fit_encoder
 from pipeline.errors import ConfigError, DataError
-from pipeline.lm import SAMPLE_PROMPTS, final_scores, generate, lm_data, lm_learner
+from pipeline.models.backbones import Backbone, get_backbone
+from pipeline.models.direction import single_direction
+from pipeline.models.zoo import checkpoint_folder, describe
 from pipeline.stages.context import StageContext, StageResult
 from pipeline.stages.lm_stage import sample_rows, write_lm_stage
-from pipeline.text import fit_encoder
-from pipeline.training import EpochLog, count_params, fit, pick_device, seed_everything
-from pipeline.zoo import checkpoint_folder, describe
+from pipeline.training.accel import resolve_precision, wants_compile
+from pipeline.training.learner import EpochLog, count_params, fit, pick_device, seed_everything
+from pipeline.training.lm import SAMPLE_PROMPTS, final_scores, generate, lm_data, lm_learner
 
 log = logging.getLogger("ulmfit")
 # Held-out training articles and the valid split are different articles, and our vocabulary and

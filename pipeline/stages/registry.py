@@ -1,5 +1,5 @@
 """The stage registry: what the flow, the CLI, the UI reporting, the cache and the notebooks know
-about each stage, in one entry per stage (as `pipeline.backbones` does for backbones).
+about each stage, in one entry per stage (as `pipeline.models.backbones` does for backbones).
 
 An entry names the stage, the stage it builds on, its module (whose `run(ctx: StageContext) ->
 StageResult` is its one entry point, imported only when the stage runs), its headline metric, how
@@ -10,11 +10,13 @@ invalidates that stage's cache, and nothing else's.
 
 Adding a stage is one module with a `run(ctx)` plus one `register(...)` line below; a stage that
 has settings of its own also gets a section in `pipeline.config.RunConfig`, named after it.
-Stages run in registration order, so a stage registers after the stage it builds on.
+Stages run in registration order, so a stage registers after the stage it builds on; one that goes
+in the middle of the chain names the stage it goes before (`register(stage, before="classify")`).
 """
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -26,8 +28,8 @@ from typing import Callable
 
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
-from pipeline.memory import release_memory
 from pipeline.stages.context import StageContext, StageResult
+from pipeline.training.memory import release_memory
 
 log = logging.getLogger("ulmfit")
 PACKAGE = "pipeline"
@@ -41,9 +43,19 @@ class Stage:
     headline: tuple[str, str]  # (key in metrics.json, label): the number the run summary prints
     epochs: Callable[[RunConfig], int]  # training epochs it will run with this config (UI progress)
     model_kind: str  # what its model.pt holds: "lm" or "classifier"
+    # "module:function" loading the stage's data from the config exactly as the stage does (None: it reads
+    # only its upstream's folder); the validation calls it for each stage a run will compute
+    data: str | None = None
 
     def entry(self) -> Callable[[StageContext], StageResult]:
         return importlib.import_module(self.module).run
+
+    def load_data(self, cfg: RunConfig):
+        """The stage's data, loaded and validated as the stage will (a bad file raises one UlmfitError)."""
+        if self.data is None:
+            return None
+        module, _, function = self.data.partition(":")
+        return getattr(importlib.import_module(module), function)(cfg)
 
     def summary(self) -> str:
         """The first line of the module's docstring (read, not imported: stage modules import fastai)."""
@@ -57,11 +69,36 @@ class Stage:
 REGISTRY: dict[str, Stage] = {}
 
 
-def register(stage: Stage) -> Stage:
+def register(stage: Stage, before: str | None = None) -> Stage:
+    """Add a stage at the end of the chain; or, with `before`, in the middle: in front of that stage,
+    which then builds on the new one (its upstream re-pointed), so the chain stays one line."""
     if stage.upstream is not None and stage.upstream not in REGISTRY:
         raise ConfigError(f"stage {stage.name}: its upstream {stage.upstream!r} must be registered before it")
-    REGISTRY[stage.name] = stage
+    if before is None:
+        REGISTRY[stage.name] = stage
+        return stage
+    following = get_stage(before)
+    if following.upstream != stage.upstream:
+        raise ConfigError(f"stage {stage.name}: cannot go before {before}, which builds on {following.upstream!r}, "
+                          f"not on {stage.upstream!r}")
+    entries = list(REGISTRY.items())
+    REGISTRY.clear()
+    for name, entry in entries:
+        if name == before:
+            REGISTRY[stage.name] = stage
+            entry = dataclasses.replace(entry, upstream=stage.name)
+        REGISTRY[name] = entry
     return stage
+
+
+def unregister(name: str) -> None:
+    """Remove a stage; the stages that built on it build on its upstream again."""
+    removed = REGISTRY.pop(name, None)
+    if removed is None:
+        return
+    for other, entry in list(REGISTRY.items()):
+        if entry.upstream == name:
+            REGISTRY[other] = dataclasses.replace(entry, upstream=removed.upstream)
 
 
 def get_stage(name: str) -> Stage:
@@ -171,9 +208,10 @@ def code_version(module: str) -> str:
 # --- the stages -------------------------------------------------------------------------------------
 
 register(Stage("pretrain", "pipeline.stages.pretrain", None, ("valid_perplexity", "WikiText valid perplexity"),
-               lambda cfg: cfg.pretrain.epochs, "lm"))
+               lambda cfg: cfg.pretrain.epochs, "lm", "pipeline.stages.pretrain:corpus_texts"))
 register(Stage("adapt", "pipeline.stages.adapt", "pretrain",
                ("held_out_perplexity_after", "held-out perplexity after adaptation"),
-               lambda cfg: cfg.adapt.frozen_epochs + cfg.adapt.epochs, "lm"))
+               lambda cfg: cfg.adapt.frozen_epochs + cfg.adapt.epochs, "lm", "pipeline.stages.adapt:held_out_split"))
 register(Stage("classify", "pipeline.stages.classify", "adapt", ("test_accuracy", "test accuracy"),
-               lambda cfg: sum(cfg.classify.epochs_per_phase), "classifier"))
+               lambda cfg: sum(cfg.classify.epochs_per_phase), "classifier",
+               "pipeline.stages.classify_data:stage_splits"))

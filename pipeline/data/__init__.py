@@ -1,0 +1,1 @@
+"""Text in: the dataset registry, corpus files, downloads, word tokenization and the text encoders."""

@@ -1,0 +1,1 @@
+"""The LSTM-vs-transformer comparison: its grid and its report."""
