@@ -8,9 +8,9 @@ call `check_run` first. Each problem raises one UlmfitError naming the file, row
   (each registry entry's `load_data`: pretrain, adapt and classify, including the train / validation /
   test split sizes). A stage that comes from its folder or the stage store reads no data, so its data
   is not loaded: a fully cached rerun loads no corpus (`pipeline.artifacts.store.stages_to_compute`);
-- settings that only fail deep inside a library: the spaCy language, the device, and the model
-  itself (built at a tiny vocabulary and run on one small batch, so dropout multipliers that
-  make a probability exceed 1, or a chunk longer than the positions, fail here);
+- settings that only fail deep inside a library: the device (always), and when a stage will compute, the
+  spaCy language and the model itself (built at a tiny vocabulary and run on one small batch, so dropout
+  multipliers that make a probability exceed 1, or a chunk longer than the positions, fail here);
 - outputs: the run directory, its lock file and every stage folder the run will replace
   (a folder or file ulmfit did not write is never replaced, see `artifacts.foreign_content`).
 
@@ -49,14 +49,18 @@ def check_run(cfg: RunConfig, run_dir: str | Path, folders: dict | None = None, 
     outputs = run_folders(cfg, run_dir) if folders is None else [Path(f).expanduser().resolve()
                                                                   for f in folders.values()]
     check_outputs(run_dir, outputs)
+    _check_device(cfg.device)  # wrong whether or not a stage runs
+    todo = [(chain_cfg, name) for suffix, chain_cfg in (chains(cfg) if folders is None else [("", cfg)])
+            for name in stages_to_compute(chain_cfg, chain_folders(run_dir, suffix) if folders is None else folders,
+                                          rerun)]
+    if not todo:  # every stage comes from its folder or the store: nothing reads data or builds a model
+        return
     settings = [cfg.device, cfg.tokenizer, cfg.model, cfg.classify, cfg.pretrain.bptt, cfg.adapt.bptt,
                 cfg.pretrain.init_from]
-    _once("settings", settings, cfg, check_settings, passed)  # under a second, and a setting is wrong cached or not
-    for suffix, chain_cfg in chains(cfg) if folders is None else [("", cfg)]:
-        chain = chain_folders(run_dir, suffix) if folders is None else folders
-        for name in stages_to_compute(chain_cfg, chain, rerun):  # a stage that comes from the cache reads no data
-            section = getattr(chain_cfg, name, None)
-            _once(f"{name} data", [section, chain_cfg.seed], chain_cfg, get_stage(name).load_data, passed)
+    _once("settings", settings, cfg, check_settings, passed)
+    for chain_cfg, name in todo:
+        section = getattr(chain_cfg, name, None)
+        _once(f"{name} data", [section, chain_cfg.seed], chain_cfg, get_stage(name).load_data, passed)
 
 
 def _once(what: str, depends_on: list, cfg: RunConfig, check, passed: set) -> None:
