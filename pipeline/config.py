@@ -20,6 +20,7 @@ from pipeline.errors import ConfigError
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
+
 # Above this a learning rate only diverges (Adam moves each weight by about lr per step); far above it
 # torch cannot even hold it (1e308 overflows float32).
 MAX_LR = 10.0

@@ -1,10 +1,21 @@
 """The base classes of every config section: `pipeline.config` builds the run's config from them, and each
 backbone's registry entry (`pipeline.models.backbones`, `pipeline.models.hf_backbones`) its own size section. Apart from
 `pipeline.config` so that the backbones need not import it (config asks the backbone registry which
-size sections exist: importing each other would be a circle)."""
+size sections exist: importing each other would be a circle). Also where settings' defaults that every
+layer needs resolve (the cache root), for the same reason."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict
+
+
+def default_cache_dir(override: str | None = None) -> Path:
+    """The cache root (token cache, stage store, downloaded models): `cache_dir`, else $ULMFIT_CACHE_DIR,
+    else ~/.cache/ulmfit-flow."""
+    root = override or os.environ.get("ULMFIT_CACHE_DIR") or "~/.cache/ulmfit-flow"
+    return Path(root).expanduser().resolve()
 
 
 class Frozen(BaseModel):

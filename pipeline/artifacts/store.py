@@ -38,8 +38,8 @@ from pipeline.artifacts.stage_folder import (
     read_manifest,
 )
 from pipeline.config import RunConfig, stage_config
+from pipeline.config_base import default_cache_dir
 from pipeline.data.corpora import resolve_data_dir
-from pipeline.data.word_tokens import default_cache_dir
 from pipeline.errors import ArtifactError
 from pipeline.stages.registry import REGISTRY, depends_on, get_stage
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config_base import default_cache_dir
 from pipeline.data.word_tokens import (
     BOS,
     MASK,
@@ -24,7 +25,6 @@ from pipeline.data.word_tokens import (
     SPECIAL_TOKENS,
     UNK,
     build_vocab,
-    default_cache_dir,
     detokenize,
     numericalize,
     numericalize_tokens,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -45,11 +44,6 @@ UNK, PAD, BOS, MASK = 0, 1, 2, 9
 PARALLEL_MIN_DOCS = 400  # below this, process start-up costs more than it saves
 CHUNK_CHARS = 250_000  # text per tokenization chunk: bounds what is in flight, not the corpus size
 REWRITE_BLOCK = 1 << 22  # token ids per block when rewriting the id file in frequency order
-
-
-def default_cache_dir(override: str | None = None) -> Path:
-    root = override or os.environ.get("ULMFIT_CACHE_DIR") or "~/.cache/ulmfit-flow"
-    return Path(root).expanduser().resolve()
 
 
 @dataclass(frozen=True)

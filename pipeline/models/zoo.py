@@ -75,8 +75,8 @@ def _for_direction(name: str, entry: dict, direction: str) -> str:
 def download_model(name: str, entry: dict, cache_dir: str | None = None) -> Path:
     """`<cache dir>/models/<name>/`, downloaded and unpacked unless it is there (it only ever appears
     complete: unpacking renames a finished folder into place)."""
+    from pipeline.config_base import default_cache_dir
     from pipeline.data.download import download_dataset
-    from pipeline.data.word_tokens import default_cache_dir
 
     folder = default_cache_dir(cache_dir) / "models" / name
     if folder.is_dir() and any(folder.iterdir()):
