@@ -193,7 +193,7 @@ def test_transformer_backbones_through_the_smoke_flow(backbone, tokenizer, tmp_p
     """The same three stages, caching and artifacts with the backbone (and tokenizer) as one setting."""
     run_dir = tmp_path / "run"
     sets = ["--set", f"model.backbone={backbone}", "--set", f"tokenizer.kind={tokenizer}"]
-    proc = ulmfit("run", "--preset", "smoke", "--out", str(run_dir), *sets)
+    proc = ulmfit_here("run", "--preset", "smoke", "--out", str(run_dir), *sets)
     assert proc.returncode == 0, proc.output[-3000:]
     assert proc.states == {"pretrain": "Completed", "adapt": "Completed", "classify": "Completed"}
     pre, ada, cla = (read_metrics(run_dir / s) for s in ("pretrain", "adapt", "classify"))
@@ -204,7 +204,7 @@ def test_transformer_backbones_through_the_smoke_flow(backbone, tokenizer, tmp_p
     if tokenizer != "spacy":  # a subword vocabulary is trained once and reused by stages 2-3
         assert pre["vocab_size"] == ada["vocab_size"] == ada["vocab_known_from_pretrain"]
     # `ulmfit predict` on each backbone's classifier: tests/test_export.py (against its ONNX scores)
-    again = ulmfit("run", "--preset", "smoke", "--out", str(run_dir), *sets)
+    again = ulmfit_here("run", "--preset", "smoke", "--out", str(run_dir), *sets)
     assert again.states == {"pretrain": "Cached", "adapt": "Cached", "classify": "Cached"}, again.output[-3000:]
     assert not any(marker in again.output for marker in WORK_MARKERS), "cached run trained or tokenized"
 

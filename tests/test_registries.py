@@ -98,61 +98,45 @@ def test_a_stage_registered_in_the_middle_of_the_chain_is_built_on(installed):
 
 
 @pytest.mark.slow
-def test_registered_stages_and_backbone_run_in_the_flow(tmp_path, data_dir):
+def test_registered_stages_and_backbone_run_in_the_flow(installed, tmp_path, data_dir):
     """The smoke flow with a stage in the middle of the chain, one at its end and a new backbone: five stages
     with their summary lines, then a fully cached rerun, `--rerun lm_check` (the stages built on it, not those
     before it), validation refusing a user's file in the new stage's folder, compare's cells, the notebooks'
-    API and predict."""
+    API and predict. In this process (the plugins are registered here); the real command: test_flow."""
+    from pipeline.use import inspection
+    from pipeline.use.predict import predict
+    from tests.test_flow import ulmfit_here
+
     run_dir, cmp_dir, other = tmp_path / "run", tmp_path / "cmp", tmp_path / "other"
     run = ["run", "--preset", "smoke", "--set", "model.backbone=tiny", "--out", str(run_dir)]
-
-    def script(argv: list[str], after: str = "") -> str:
-        return f"""
-        import sys
-        from tests import plugins
-        plugins.install()
-        from flows.cli import main
-        code = main({argv!r})
-        {after}
-        sys.exit(code)
-    """
-
-    first = _python(script(run))
+    first = ulmfit_here(*run)
     assert first.returncode == 0, first.output[-3000:]
     assert dict(SUMMARY.findall(first.stdout)) == dict.fromkeys(STAGES, "Completed"), first.stdout[-2000:]
     export = read_metrics(run_dir / "export")
     assert f"classifier weights: {export['n_weights']:.4f}  -> {run_dir / 'export'}" in first.stdout
     assert read_metrics(run_dir / "pretrain")["backbone"] == "tiny"
     assert read_metrics(run_dir / "lm_check")["n_weights"] > 0
-    again = _python(script(run))
+    again = ulmfit_here(*run)
     assert again.returncode == 0, again.output[-3000:]
     assert dict(SUMMARY.findall(again.stdout)) == dict.fromkeys(STAGES, "Cached")
     assert not any(marker in again.output for marker in WORK_MARKERS)
-    rerun = _python(script(run + ["--rerun", "lm_check"]))
+    rerun = ulmfit_here(*run, "--rerun", "lm_check")
     assert rerun.returncode == 0, rerun.output[-3000:]
     assert dict(SUMMARY.findall(rerun.stdout)) == {"pretrain": "Cached", "adapt": "Cached", "lm_check": "Completed",
                                                   "classify": "Completed", "export": "Completed"}
 
     (other / "lm_check").mkdir(parents=True)
     (other / "lm_check" / "notes.txt").write_text("mine")
-    refused = _python(script(run[:-1] + [str(other)]))
+    refused = ulmfit_here(*run[:-1], str(other))
     assert refused.returncode != 0 and str(other / "lm_check") in refused.output, refused.output[-2000:]
 
-    after = f"""
-        import json
-        from pipeline.use import inspection
-        from pipeline.use.predict import predict
-        folder = inspection.stage_dir({str(run_dir)!r}, "lm_check")
-        scores = predict({str(run_dir)!r}, ["a wonderful film", "a dull mess"])
-        print("CHECKS", json.dumps({{"folder": str(folder), "n": len(scores)}}))
-    """
-    compare = _python(script(["compare", "--preset", "smoke", "--backbones", "tiny", "--variants", "full",
-                              "--out", str(cmp_dir)], after))
+    compare = ulmfit_here("compare", "--preset", "smoke", "--backbones", "tiny", "--variants", "full",
+                          "--out", str(cmp_dir))
     assert compare.returncode == 0, compare.output[-3000:]
-    checks = json.loads(compare.stdout.split("CHECKS ")[-1].splitlines()[0])
-    assert checks == {"folder": str(run_dir / "lm_check"), "n": 2}
     cell = read_metrics(cmp_dir / "tiny" / "lm_check-full-seed42")  # a cell's own folder for the new stage
     assert cell["n_weights"] == read_metrics(run_dir / "lm_check")["n_weights"]
+    assert inspection.stage_dir(run_dir, "lm_check") == run_dir / "lm_check"
+    assert len(predict(run_dir, ["a wonderful film", "a dull mess"])) == 2
 
 
 def test_a_stage_code_version_is_its_import_closure():
