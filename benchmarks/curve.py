@@ -68,10 +68,15 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
                         test_sd=("test_accuracy", "std"), valid_mean=("valid_accuracy", "mean"),
                         probe_mean=("probe_test_accuracy", "mean"), tfidf_mean=("tfidf_test_accuracy", "mean"),
                         adapt_ppl=("adapt_ppl", "mean")).reset_index()
-    twin = table[table["lm_tokens"] == 0].set_index(["n_labels", "recipe"])["test_mean"]
-    keys = list(zip(table["n_labels"], table["recipe"]))
-    table["gain"] = [m - twin.get(k, float("nan")) if t > 0 else float("nan")
-                     for m, k, t in zip(table["test_mean"], keys, table["lm_tokens"])]
+    table["se2"] = table["test_sd"] ** 2 / table["seeds"]  # squared standard error of the mean
+    twin = table[table["lm_tokens"] == 0].set_index(["n_labels", "recipe"])
+    gains, ses = [], []
+    for r in table.itertuples():
+        key = (r.n_labels, r.recipe)
+        has_twin = r.lm_tokens > 0 and key in twin.index
+        gains.append(r.test_mean - twin.loc[key, "test_mean"] if has_twin else float("nan"))
+        ses.append((r.se2 + twin.loc[key, "se2"]) ** 0.5 if has_twin else float("nan"))
+    table["gain"], table["gain_se"] = gains, ses  # transferred minus twin, and its standard error
     return table
 
 
@@ -82,13 +87,16 @@ def _pct(mean: float, sd: float | None = None) -> str:
 
 
 def markdown(table: pd.DataFrame) -> str:
-    lines = ["| labels | recipe | LM tokens read | IMDb held-out ppl | seeds | classifier test (mean ± sd) | "
-             "gain over the random twin | probe test | TF-IDF test |", "| --- |" * 1 + " --- |" * 8]
+    lines = ["| labels | recipe | LM tokens read | IMDb held-out ppl | seeds | classifier valid (mean) | "
+             "classifier test (mean ± sd) | gain over the random twin (± se) | probe test | TF-IDF test |",
+             "| --- |" * 1 + " --- |" * 9]
     for r in table.itertuples():
         tokens = "0 (random twin)" if r.lm_tokens == 0 else f"{r.lm_tokens / 1e6:.2f} M"
-        gain = "–" if pd.isna(r.gain) else f"{100 * r.gain:+.2f}"
+        gain = "–" if pd.isna(r.gain) else f"{100 * r.gain:+.2f}" + ("" if pd.isna(r.gain_se) else
+                                                                        f" ± {100 * r.gain_se:.2f}")
         lines.append(f"| {r.n_labels:,} | {r.recipe} | {tokens} | {r.adapt_ppl:,.1f} | {r.seeds} | "
-                     f"{_pct(r.test_mean, r.test_sd)} | {gain} | {_pct(r.probe_mean)} | {_pct(r.tfidf_mean)} |")
+                     f"{_pct(r.valid_mean)} | {_pct(r.test_mean, r.test_sd)} | {gain} | {_pct(r.probe_mean)} | "
+                     f"{_pct(r.tfidf_mean)} |")
     return "\n".join(lines)
 
 

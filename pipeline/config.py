@@ -214,14 +214,34 @@ def _set_nested(tree: dict, path: list[str], value: Any) -> None:
 
 
 def load_config(preset: str = "cpu", overrides: list[str] | None = None) -> RunConfig:
-    path = PRESET_DIR / f"{preset}.toml"
-    if not path.exists():
-        raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(available_presets())}")
-    tree = tomllib.loads(path.read_text())
+    tree = preset_tree(preset)
     tree["preset"] = preset
     for item in overrides or []:
         _set_nested(tree, *parse_override(item))
     return validate_config(tree)
+
+
+def preset_tree(preset: str, _seen: tuple[str, ...] = ()) -> dict:
+    """A preset's settings. A preset that starts with `extends = "<preset>"` holds only what it changes: its
+    sections are merged into the other preset's, key by key (so the two cannot drift apart)."""
+    path = PRESET_DIR / f"{preset}.toml"
+    if not path.exists():
+        raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(available_presets())}")
+    tree = tomllib.loads(path.read_text())
+    base = tree.pop("extends", None)
+    if base is None:
+        return tree
+    if base in _seen + (preset,):
+        chain = " -> ".join(_seen + (preset, base))
+        raise ConfigError(f"preset {(_seen + (preset,))[0]!r}: `extends` goes round in a circle ({chain})")
+    return _merged(preset_tree(base, _seen + (preset,)), tree)
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def validate_config(tree: dict) -> RunConfig:

@@ -85,3 +85,17 @@ def test_show_config_never_prints_null_for_a_number(capsys):
     assert "finite" in capsys.readouterr().err
     assert main(["run", "--preset", "smoke", "--set", "pretrain.lr=0.5", "--show-config"]) == 0
     assert '"lr": 0.5' in capsys.readouterr().out
+
+
+def test_a_preset_that_extends_another_holds_only_what_it_changes(tmp_path, monkeypatch):
+    from pipeline import config
+
+    long, cpu = load_config("cpu-long"), load_config("cpu")
+    assert long.adapt.max_docs == 4 * cpu.adapt.max_docs == 32000 and long.preset == "cpu-long"
+    assert long.model_dump(exclude={"preset", "adapt"}) == cpu.model_dump(exclude={"preset", "adapt"})
+    assert long.adapt.model_dump(exclude={"max_docs"}) == cpu.adapt.model_dump(exclude={"max_docs"})
+    (tmp_path / "a.toml").write_text('extends = "b"\n')
+    (tmp_path / "b.toml").write_text('extends = "a"\n')
+    monkeypatch.setattr(config, "PRESET_DIR", tmp_path)
+    with pytest.raises(ConfigError, match=r"preset 'a': `extends` goes round in a circle \(a -> b -> a\)"):
+        load_config("a")

@@ -40,9 +40,9 @@ def test_a_log_becomes_the_table_the_csv_and_the_plot(tmp_path, log):
     assert by_name.loc["T-s1", "seed"] == 1 and by_name.loc["T-s42", "seed"] == 42
     assert by_name.loc["P", "recipe"] == PROBE_ONLY and pd.isna(by_name.loc["P", "test_accuracy"])
     assert by_name.loc["T100", "recipe"] == "classify.min_steps=200" and by_name.loc["T100", "n_labels"] == 100
-    # two seeds pooled: transferred 81 ± 1.41, twin 77, so the gain is +4.00
+    # two seeds pooled: transferred 81 ± 1.41 (valid 80), twin 77 ± 1.41, so the gain is +4.00 ± 1.41
     line = next(row for row in text.splitlines() if row.startswith("| 1,000 | preset | 3.00 M"))
-    assert "| 2 | 81.00 ± 1.41 | +4.00 |" in line
+    assert "| 2 | 80.00 | 81.00 ± 1.41 | +4.00 ± 1.41 |" in line
 
 
 def test_rows_of_the_same_name_are_replaced_and_others_kept(tmp_path, log):
