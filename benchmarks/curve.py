@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import load_config
+from pipeline.stages.classify_data import classify_seed
 
 COLUMNS = ["name", "lm_tokens", "n_labels", "seed", "recipe", "valid_accuracy", "test_accuracy",
            "probe_valid_accuracy", "probe_test_accuracy", "tfidf_test_accuracy", "adapt_ppl", "source"]
@@ -44,7 +45,7 @@ def curve_row(tune_row: dict, source: str) -> dict:
     read = tokens["pretrain"] * cfg.pretrain.epochs + tokens["adapt"] * (cfg.adapt.epochs + cfg.adapt.frozen_epochs)
     recipe = recipe_of(tune_row["overrides"], cfg)
     return {"name": tune_row["name"], "lm_tokens": read, "n_labels": cfg.classify.n_labels,
-            "seed": cfg.classify.seed if cfg.classify.seed is not None else cfg.seed, "recipe": recipe,
+            "seed": classify_seed(cfg), "recipe": recipe,
             "valid_accuracy": None if recipe == PROBE_ONLY else tune_row["valid_accuracy"],
             "test_accuracy": None if recipe == PROBE_ONLY else tune_row["test_accuracy"],
             "probe_valid_accuracy": tune_row.get("probe_valid_accuracy"),

@@ -18,7 +18,7 @@ preset + --set overrides (the sides are in benchmarks/parity_sides.py):
            plain: PyTorch + transformers, GPT2LMHeadModel from our arch, torch AdamW, fit_one_cycle's formula.
 
 Shared by both sides, so not under comparison: data selection and tokenization (pretrain.corpus_texts,
-adapt.split_held_out, load_splits, our encoders), and the batchers: fastai's LMDataLoader (lm.lm_loader,
+adapt.held_out_split, classify_data.stage_splits, our encoders), and the batchers: fastai's LMDataLoader (lm.lm_loader,
 which only shrinks bs for a tiny held-out set) and SortedDL + pad_input_chunk (classify.loader), the
 classes fastai's TextDataLoaders builds; the documents read in model.direction (forward or backward;
 "both" is refused: compare one direction at a time). Both sides of stages 2 and 3 start from OUR
@@ -85,14 +85,13 @@ from pathlib import Path
 
 from benchmarks.parity_sides import Phase, Side, fastai_classifier, fastai_lm, ours_classifier, ours_lm, plain_gpt
 from pipeline.config import RunConfig, load_config
-from pipeline.data.corpora import resolve_data_dir
 from pipeline.data.encoders import fit_encoder
 from pipeline.errors import ConfigError, UlmfitError
 from pipeline.models.backbones import get_backbone, with_vocab
 from pipeline.models.direction import single_direction
 from pipeline.models.vocab_transfer import transfer_embeddings
 from pipeline.stages import adapt, classify, pretrain
-from pipeline.stages.classify_data import load_splits
+from pipeline.stages.classify_data import classify_seed, stage_splits
 from pipeline.training.learner import pick_device, seed_everything
 from pipeline.training.lm import lm_data
 
@@ -117,7 +116,7 @@ def stage1_data(cfg: RunConfig):
 def stage2_data(cfg: RunConfig, backbone, encoder, arch: dict, state1: dict):
     """(encoder, arch, LMData, our transferred stage-1 weights, phases) as stages/adapt.py builds them."""
     ac = cfg.adapt
-    train_texts, valid_texts = adapt.split_held_out(adapt.domain_texts(ac, resolve_data_dir(cfg.data_dir)), ac, cfg.seed)
+    train_texts, valid_texts = adapt.held_out_split(cfg)
     encoder2 = encoder
     if encoder.refits_on_target:
         encoder2 = fit_encoder(cfg.tokenizer, train_texts, ac.min_freq, ac.max_vocab, cfg.cache_dir,
@@ -129,18 +128,13 @@ def stage2_data(cfg: RunConfig, backbone, encoder, arch: dict, state1: dict):
     return encoder2, with_vocab(arch, len(encoder2.itos)), data, state, phases
 
 
-def classify_seed(cfg: RunConfig) -> int:
-    """The classifier's seed (sample, initialisation, batch order), as stages/classify.py picks it."""
-    return cfg.seed if cfg.classify.seed is None else cfg.classify.seed
-
-
 def stage3_data(cfg: RunConfig, encoder) -> tuple[dict, list[str]]:
     """({train, valid, test: [(ids, class)]}, classes) as stages/classify.py samples and encodes them."""
     cc, direction = cfg.classify, single_direction(cfg.model.direction)
     if encoder.specials.pad != FASTAI_PAD:
         raise ConfigError(f"the tokenizer's pad id is {encoder.specials.pad}; fastai's text_classifier_learner "
                           f"pads with {FASTAI_PAD}")
-    splits = load_splits(cc, resolve_data_dir(cfg.data_dir), classify_seed(cfg), test_seed=cfg.seed)
+    splits = stage_splits(cfg)
     items = {s: classify.encode(getattr(splits, s), encoder, splits.classes, cc, f"{cc.corpus}/{s}-sample",
                                 direction) for s in ("train", "valid", "test")}
     return items, splits.classes

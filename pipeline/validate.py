@@ -50,9 +50,9 @@ def check_run(cfg: RunConfig, run_dir: str | Path, folders: dict | None = None, 
                                                                   for f in folders.values()]
     check_outputs(run_dir, outputs)
     _check_device(cfg.device)  # wrong whether or not a stage runs
-    todo = [(chain_cfg, name) for suffix, chain_cfg in (chains(cfg) if folders is None else [("", cfg)])
-            for name in stages_to_compute(chain_cfg, chain_folders(run_dir, suffix) if folders is None else folders,
-                                          rerun)]
+    chain_list = ([(chain_cfg, chain_folders(run_dir, suffix)) for suffix, chain_cfg in chains(cfg)]
+                  if folders is None else [(cfg, folders)])
+    todo = [(chain_cfg, name) for chain_cfg, chain in chain_list for name in stages_to_compute(chain_cfg, chain, rerun)]
     if not todo:  # every stage comes from its folder or the store: nothing reads data or builds a model
         return
     settings = [cfg.device, cfg.tokenizer, cfg.model, cfg.classify, cfg.pretrain.bptt, cfg.adapt.bptt,

@@ -30,7 +30,7 @@ from pipeline.errors import ArtifactError
 from pipeline.models.backbones import get_backbone
 from pipeline.models.direction import check_upstream, orient, single_direction
 from pipeline.models.heads import init_from_probe, use_head
-from pipeline.stages.classify_data import LabeledSplits, stage_splits
+from pipeline.stages.classify_data import LabeledSplits, classify_seed, stage_splits
 from pipeline.stages.context import StageContext, StageResult
 from pipeline.training import ranks
 from pipeline.training.accel import inference_autocast, resolve_precision, wants_compile
@@ -185,7 +185,7 @@ def _summary(splits: LabeledSplits, cc: ClassifyConfig) -> str:
 def run(ctx: StageContext) -> StageResult:
     cfg, cc, start = ctx.cfg, ctx.cfg.classify, time.perf_counter()
     direction = single_direction(cfg.model.direction)  # "both" is the flow's to split, never a stage's
-    seed = cfg.seed if cc.seed is None else cc.seed
+    seed = classify_seed(cfg)
     seed_everything(seed)
     adapted = load_model_file(ctx.upstream(), expect_kind="lm")
     check_upstream(adapted.config, direction, ctx.upstream())

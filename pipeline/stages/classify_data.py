@@ -66,11 +66,15 @@ def balanced_sample(frame: pd.DataFrame, n: int | None, rng: np.random.Generator
     return frame.loc[np.sort(np.concatenate(picked))]
 
 
+def classify_seed(cfg: RunConfig) -> int:
+    """The classify stage's seed (labeled sample, hold-out, initialisation, batch order): its own, else the run's."""
+    return cfg.seed if cfg.classify.seed is None else cfg.classify.seed
+
+
 def stage_splits(cfg: RunConfig) -> LabeledSplits:
     """The classify stage's splits, as the stage and the validation (`pipeline.validate`) load them: its own
     seed for the labeled sample and hold-out, the run's seed for the test sample."""
-    cc = cfg.classify
-    return load_splits(cc, resolve_data_dir(cfg.data_dir), cfg.seed if cc.seed is None else cc.seed, test_seed=cfg.seed)
+    return load_splits(cfg.classify, resolve_data_dir(cfg.data_dir), classify_seed(cfg), test_seed=cfg.seed)
 
 
 def load_splits(cc: ClassifyConfig, data_dir: Path, seed: int, test_seed: int | None = None) -> LabeledSplits:
