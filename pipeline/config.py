@@ -77,6 +77,11 @@ class ModelConfig(Frozen):
         """The chosen backbone's size section (None for a backbone that has none)."""
         return (self.model_extra or {}).get(self.backbone)
 
+    def lr_mult(self) -> float:
+        """The chosen backbone's multiplier of stages 1-2's learning rates (1 for a backbone without a size section)."""
+        sizes = self.sizes()
+        return sizes.lr_mult if sizes is not None else 1.0
+
     def used(self) -> dict:
         """What results depend on: the backbone name, drop_mult, the direction and only the chosen backbone's sizes."""
         sizes = self.sizes()

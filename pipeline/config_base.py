@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 def default_cache_dir(override: str | None = None) -> Path:
@@ -26,3 +26,5 @@ class Frozen(BaseModel):
 
 class SizeSection(Frozen):
     """Base of a backbone's size model: its `[model.<backbone>]` section, owned by its registry entry."""
+
+    lr_mult: float = Field(1.0, gt=0, description="Multiplies every learning rate of the preset for this backbone (pretrain.lr, adapt.lr, adapt.frozen_lr, classify.lrs), so one preset serves backbones that train at different rates (bert: 0.1, RESULTS.md).")

@@ -201,6 +201,12 @@ def test_transformer_backbones_through_the_smoke_flow(backbone, tokenizer, tmp_p
     assert 1 < pre["valid_perplexity"] < 5 * pre["vocab_size"]
     assert ada["held_out_perplexity_after"] < ada["held_out_perplexity_before"]
     assert 0 <= cla["test_accuracy"] <= 1 and cla["test_size"] == 60
+    from pipeline.config import load_config
+
+    cfg = load_config("smoke", [f"model.backbone={backbone}"])  # every stage at the backbone's scale of the rates
+    mult = cfg.model.lr_mult()
+    assert (pre["lr"], ada["lr"]) == pytest.approx((cfg.pretrain.lr * mult, cfg.adapt.lr * mult))
+    assert cla["top_lrs"] == pytest.approx([lr * mult for lr in cfg.classify.lrs])
     if tokenizer != "spacy":  # a subword vocabulary is trained once and reused by stages 2-3
         assert pre["vocab_size"] == ada["vocab_size"] == ada["vocab_known_from_pretrain"]
     # `ulmfit predict` on each backbone's classifier: tests/test_export.py (against its ONNX scores)

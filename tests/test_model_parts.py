@@ -8,12 +8,13 @@ from pipeline.data.encoders import WORD_SPECIALS
 from pipeline.errors import ConfigError
 from pipeline.models.backbones import REGISTRY, AwdLstmConfig, get_backbone
 from pipeline.models.heads import Standardize, use_head
-from pipeline.models.hf_backbones import TransformerConfig
+from pipeline.models.hf_backbones import BertSizes, TransformerConfig
 from pipeline.models.vocab_transfer import transfer_embeddings
 from pipeline.training.learner import discriminative
 
-SMALL = TransformerConfig(d_model=16, n_layers=3, n_heads=2, d_ff=32, max_positions=64)
-TINY = ModelConfig(awd_lstm=AwdLstmConfig(emb_sz=8, n_hid=16, n_layers=3), gpt=SMALL, bert=SMALL)
+SMALL = dict(d_model=16, n_layers=3, n_heads=2, d_ff=32, max_positions=64)
+TINY = ModelConfig(awd_lstm=AwdLstmConfig(emb_sz=8, n_hid=16, n_layers=3), gpt=TransformerConfig(**SMALL),
+                   bert=BertSizes(**SMALL))
 
 
 def tiny_arch(name: str, vocab_sz: int = 40) -> dict:

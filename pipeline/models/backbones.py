@@ -266,7 +266,7 @@ register(Backbone(
 register(Backbone(
     name="bert",
     description="BERT-style masked-LM transformer (HF transformers, from a config); 15% masking 80/10/10, mean pooling",
-    sizes=hf.TransformerConfig,
+    sizes=hf.BertSizes,
     objective="masked",
     make_arch=hf.bert_arch,
     build_lm=hf.build_masked_lm,

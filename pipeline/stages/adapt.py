@@ -94,10 +94,11 @@ def run(ctx: StageContext) -> StageResult:
 
     recorder, train_start = EpochLog(ctx.stage), time.perf_counter()
     learn.freeze()  # last layer group only: the (partly new) embeddings and decoder; creates the optimizer
-    fit(learn, ac.frozen_epochs, ac.frozen_lr, ac.schedule, f"{ctx.stage}-frozen", recorder, ctx.checkpointer)
+    mult = cfg.model.lr_mult()  # the backbone's own scale of the preset's LM rates
+    fit(learn, ac.frozen_epochs, ac.frozen_lr * mult, ac.schedule, f"{ctx.stage}-frozen", recorder, ctx.checkpointer)
     learn.unfreeze()
     n_groups = len(learn.opt.param_lists)
-    fit(learn, ac.epochs, discriminative(ac.lr, n_groups, ac.lr_decay), ac.schedule, ctx.stage, recorder,
+    fit(learn, ac.epochs, discriminative(ac.lr * mult, n_groups, ac.lr_decay), ac.schedule, ctx.stage, recorder,
         ctx.checkpointer)
     train_secs = time.perf_counter() - train_start
     after = final_scores(learn, recorder)
@@ -105,7 +106,7 @@ def run(ctx: StageContext) -> StageResult:
     epochs = ac.frozen_epochs + ac.epochs
     metrics = {"held_out_perplexity_before": before["perplexity"], "held_out_perplexity_after": after["perplexity"],
                "held_out_accuracy_before": before["accuracy"], "held_out_accuracy_after": after["accuracy"],
-               "corpus": ac.corpus, "epochs": epochs, "train_tokens": data.n_train_tokens,
+               "corpus": ac.corpus, "epochs": epochs, "lr": ac.lr * mult, "train_tokens": data.n_train_tokens,
                "held_out_tokens": data.n_valid_tokens, "train_docs": len(data.train), "held_out_docs": len(data.valid),
                "vocab_size": len(itos), "vocab_known_from_pretrain": n_known, "params": count_params(model),
                "backbone": backbone.name, "direction": direction, "objective": backbone.objective,
