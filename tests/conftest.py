@@ -84,7 +84,13 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory, data_dir):
+def smoke_run_cache(tmp_path_factory) -> Path:
+    """The cache dir (stage store and token cache) of the session's smoke run."""
+    return tmp_path_factory.mktemp("smoke-run-cache")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, data_dir, smoke_run_cache):
     """One finished `ulmfit run --preset smoke`, trained once per session (with a cache dir of its own),
     for the tests that only read a run: predict, the notebooks, the 2-process run's reference. A test that needs to change a run or
     to see stages computed trains its own. Every stage folder must still match its manifest at the end."""
@@ -94,7 +100,7 @@ def smoke_run(tmp_path_factory, data_dir):
 
     path = tmp_path_factory.mktemp("smoke-run") / "run"
     module_cache = os.environ["ULMFIT_CACHE_DIR"]
-    os.environ["ULMFIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("smoke-run-cache"))
+    os.environ["ULMFIT_CACHE_DIR"] = str(smoke_run_cache)
     try:
         assert main(["run", "--preset", "smoke", "--out", str(path)]) == 0
     finally:
@@ -102,6 +108,22 @@ def smoke_run(tmp_path_factory, data_dir):
     yield path
     for folder in stage_folders(path).values():
         verify_folder(folder)  # raises if a reader wrote into the shared run
+
+
+@pytest.fixture(scope="session")
+def smoke_stages(smoke_run, smoke_run_cache):
+    """copy_into(cache_dir): the session smoke run's stage store and token cache copied into a cache dir, so
+    that a default smoke run there takes every stage from the store instead of training it (about 15 s of
+    the suite per run). For tests about what a run does with stages it has, not about computing them.
+    Copied, never hard-linked: tests damage, truncate and replace what they are given."""
+    import shutil
+
+    def copy_into(cache_dir) -> Path:
+        for part in ("stages", "tokens"):
+            shutil.copytree(smoke_run_cache / part, Path(cache_dir) / part, dirs_exist_ok=True)
+        return Path(cache_dir)
+
+    return copy_into
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,11 @@ GOOD_ROWS = "".join(f"review number {i} is {'good' if i % 2 else 'bad'},{'pos' i
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, data_dir):
-    """A finished smoke run; every case below runs against it and must leave it as it was."""
+def run_dir(tmp_path_factory, data_dir, module_cache_dir, smoke_stages):
+    """A finished smoke run (its stages from the session's store); every case below runs against it and must
+    leave it as it was."""
     path = tmp_path_factory.mktemp("bad-inputs") / "run"
+    smoke_stages(module_cache_dir)
     assert main(["run", "--preset", "smoke", "--out", str(path)]) == 0
     return path
 

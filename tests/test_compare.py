@@ -15,7 +15,8 @@ def cell_states(proc) -> dict:
 
 
 @pytest.fixture(scope="module")
-def compare_dir(tmp_path_factory, data_dir):
+def compare_dir(tmp_path_factory, data_dir, module_cache_dir, smoke_stages):
+    smoke_stages(module_cache_dir)  # the awd_lstm/full/seed42 cell is the plain smoke run: from the store
     return tmp_path_factory.mktemp("compare") / "out"
 
 

@@ -22,6 +22,9 @@ from pipeline.training import ranks
 from tests.test_flow import STAGE_LINE
 
 STAGES = stage_names()
+# The 2-process flow's stage 1 trains 3 epochs (the smoke preset's 1 leaves no epoch to kill it in): it is also
+# the uninterrupted reference of test_two_process_stage_resumes_after_kill_9, and the two-node run's twin.
+DDP_SETS = ["nproc=2", "pretrain.epochs=3"]
 
 FILES = ["card.md", "history.csv", "history.png", "manifest.json", "metrics.json", "model.pt"]
 STAGE_FILES = {stage: sorted(FILES + ([PREDICTIONS_FILE] if stage == "classify" else [])) for stage in STAGES}
@@ -75,7 +78,7 @@ def _single_run(root, backbone, stages=STAGES):
 
 def _ddp_run(root, backbone):
     cmd = [sys.executable, "-m", "flows.cli", "run", "--preset", "smoke", "--out", str(root),
-           "--set", "nproc=2", "--set", f"model.backbone={backbone}"]
+           *(arg for s in [*DDP_SETS, f"model.backbone={backbone}"] for arg in ("--set", s))]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
@@ -117,6 +120,7 @@ def test_global_metrics_are_sane(runs):
     assert ada["held_out_perplexity_after"] < ada["held_out_perplexity_before"]
     assert 0 <= cla["test_accuracy"] <= 1 and cla["test_size"] == 60  # the whole test set, not a shard
     assert pre["train_tokens"] == read_metrics(runs[0] / "pretrain")["train_tokens"]  # global token count
+    assert pre["epochs"] == 3
 
 
 @pytest.mark.slow
@@ -124,7 +128,7 @@ def test_manifest_key_is_the_single_process_key(runs):
     from pipeline.artifacts.store import stage_key
 
     _, ddp, _, _ = runs
-    cfg = load_config("smoke", [f"model.backbone={load_model_file(ddp / 'pretrain').backbone}"])
+    cfg = load_config("smoke", [f"model.backbone={load_model_file(ddp / 'pretrain').backbone}", *DDP_SETS])
     assert read_manifest(ddp / "pretrain")["cache_key"] == stage_key("pretrain", cfg, None)
     assert json.loads((ddp / "pretrain" / "manifest.json").read_text())["files"].keys() == set(FILES) - {"manifest.json"}
 
@@ -148,23 +152,24 @@ def test_transformer_pretrain_two_processes(tmp_path, data_dir):
 
 
 @pytest.mark.slow
-def test_two_process_stage_resumes_after_kill_9(tmp_path, data_dir):
+def test_two_process_stage_resumes_after_kill_9(runs, tmp_path, data_dir):
     """torchrun with 2 gloo ranks, as the flow launches it: rank 0 checkpoints every epoch (the others
     hand it their RNG and data-loader states); after kill -9 the same command resumes on both ranks
-    and ends where an uninterrupted 2-process run ends (same tolerance as tests/test_resume.py)."""
+    and ends where the uninterrupted 2-process flow's stage 1 (the `runs` fixture, same settings) ends
+    (same tolerance as tests/test_resume.py)."""
     from flows.launching import torchrun_command
     from pipeline.artifacts.stage_folder import partial_dir
 
     epochs = 3
-    cfg = load_config("smoke", ["nproc=2", f"pretrain.epochs={epochs}", "pretrain.max_docs=12"])
+    cfg = load_config("smoke", DDP_SETS)
+    assert cfg.pretrain.epochs == epochs
     (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
 
     def command(root):
         return torchrun_command("pretrain", 2, tmp_path / "cfg.json", None, str(root / "pretrain"), "key")
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with open(tmp_path / "reference.log", "w") as ref_log, open(tmp_path / "victim.log", "w") as victim_log:
-        reference = subprocess.Popen(command(tmp_path / "ref"), stdout=ref_log, stderr=subprocess.STDOUT, env=env)
+    with open(tmp_path / "victim.log", "w") as victim_log:
         victim = subprocess.Popen(command(tmp_path / "run"), stdout=victim_log, stderr=subprocess.STDOUT, env=env,
                                   start_new_session=True)
         checkpoint = partial_dir(tmp_path / "run" / "pretrain") / "pretrain.pt"
@@ -172,7 +177,7 @@ def test_two_process_stage_resumes_after_kill_9(tmp_path, data_dir):
         while not checkpoint.exists():
             assert victim.poll() is None, (tmp_path / "victim.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.1)
+            time.sleep(0.05)
         os.killpg(victim.pid, signal.SIGKILL)  # torchrun; the ranks (sessions of their own) die with it
         victim.wait()
     deadline = time.monotonic() + 30
@@ -192,8 +197,7 @@ def test_two_process_stage_resumes_after_kill_9(tmp_path, data_dir):
         assert f"[rank {rank}] pretrain: resuming from checkpoint, {done}/{epochs} epoch(s) already done" in output
     assert f"pretrain epoch {done}/{epochs}:" not in output  # the finished epochs were not retrained
     assert not checkpoint.parent.exists()  # removed once the stage folder is written
-    assert reference.wait(timeout=600) == 0, (tmp_path / "reference.log").read_text()[-3000:]
-    ref, got = (read_metrics(root / "pretrain") for root in (tmp_path / "ref", tmp_path / "run"))
+    ref, got = read_metrics(runs[1] / "pretrain"), read_metrics(tmp_path / "run" / "pretrain")
     assert got["valid_perplexity"] == pytest.approx(ref["valid_perplexity"], rel=1e-3)
     assert len((tmp_path / "run" / "pretrain" / "history.csv").read_text().splitlines()) == 1 + epochs
 
@@ -225,7 +229,7 @@ def test_two_nodes_match_the_two_process_run(runs, tmp_path):
     from pipeline.artifacts.store import stage_key
 
     _, ddp, _, _ = runs
-    cfg = load_config("smoke", ["nproc=2"])
+    cfg = load_config("smoke", DDP_SETS)
     cfg_path, out = tmp_path / "cfg.json", tmp_path / "nodes" / "pretrain"
     cfg_path.write_text(cfg.model_dump_json())
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",

@@ -63,9 +63,10 @@ def _without_session_server() -> dict:
 
 
 @pytest.fixture
-def run_until_training(tmp_path, data_dir):
+def run_until_training(tmp_path, data_dir, module_cache_dir, smoke_stages):
     """Start `ulmfit run` (its own session, like a terminal's job) and return it once stage 2 trains (no frozen
-    epoch first: it would only delay the interrupt)."""
+    epoch first: it would only delay the interrupt; stage 1 comes from the session's store)."""
+    smoke_stages(module_cache_dir)
     log_path = tmp_path / "run.log"
     procs = []
 

@@ -153,9 +153,11 @@ def test_cli_out_home_never_touches_the_users_files(tmp_path, monkeypatch, capsy
     assert files_under(home) == before
 
 
-def test_cli_out_dot_keeps_every_file_it_did_not_write(tmp_path, monkeypatch, capsys, data_dir):
-    """A whole smoke run with `--out .` in a folder of the user's: it adds its stage folders and its lock,
-    and every file that was there is still there, unchanged."""
+def test_cli_out_dot_keeps_every_file_it_did_not_write(tmp_path, monkeypatch, capsys, data_dir, module_cache_dir,
+                                                      smoke_stages):
+    """A whole smoke run with `--out .` in a folder of the user's: it adds its stage folders (from the store) and
+    its lock, and every file that was there is still there, unchanged; a rerun of classify computes it there."""
+    smoke_stages(module_cache_dir)
     work = tmp_path / "work"
     (work / "data").mkdir(parents=True)
     (work / "data" / "reviews.csv").write_text("text,label\n")

@@ -21,9 +21,10 @@ POOL = "trainers"
 
 
 @pytest.fixture()
-def pool_env(tmp_path, data_dir):
+def pool_env(tmp_path, data_dir, smoke_stages):
     from flows.servers import LocalServer, free_port
 
+    smoke_stages(tmp_path / "cache")  # the first run's stages; the runs under test train stage 2 and on
     server = LocalServer(port=free_port(), home=str(tmp_path / "home"), log_path=tmp_path / "server.log").start()
     env = {**os.environ, "PREFECT_API_URL": server.api_url, "PREFECT_HOME": str(tmp_path / "home"),
            "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "0", "OMP_NUM_THREADS": "1",
