@@ -38,12 +38,12 @@ def test_a_registered_backbone_gets_a_config_section_and_cli_choice(installed, c
 
     cfg = load_config("smoke", ["model.backbone=tiny", "model.tiny.n_hid=40"])
     assert cfg.model.sizes() == plugins.TinySizes(n_hid=40)
-    assert stage_config(cfg, "pretrain")["model"]["sizes"] == {"emb_sz": 16, "n_hid": 40, "n_layers": 1}
+    assert stage_config(cfg, "pretrain")["model"]["sizes"] == {"emb_sz": 16, "n_hid": 40, "n_layers": 1, "lr_mult": 1.0}
     assert get_backbone("tiny").make_arch(50, cfg.model, WORD_SPECIALS)["n_hid"] == 40  # sizes reach the builder
     with pytest.raises(ConfigError, match="model.tiny.n_layers: Input should be greater than 0"):
         load_config("smoke", ["model.tiny.n_layers=0"])
     assert main(["run", "--preset", "smoke", "--set", "model.tiny.emb_sz=8", "--show-config"]) == 0
-    assert json.loads(capsys.readouterr().out)["model"]["tiny"] == {"emb_sz": 8, "n_hid": 24, "n_layers": 1}
+    assert json.loads(capsys.readouterr().out)["model"]["tiny"] == {"emb_sz": 8, "n_hid": 24, "n_layers": 1, "lr_mult": 1.0}
     with pytest.raises(SystemExit):
         main(["compare", "--help"])
     assert "of awd_lstm, gpt, bert, tiny (default: all)" in " ".join(capsys.readouterr().out.split())
