@@ -78,7 +78,7 @@ class ModelConfig(Frozen):
         return (self.model_extra or {}).get(self.backbone)
 
     def lr_mult(self) -> float:
-        """The chosen backbone's multiplier of stages 1-2's learning rates (1 for a backbone without a size section)."""
+        """The chosen backbone's multiplier of every stage's learning rates (1 for a backbone without a size section)."""
         sizes = self.sizes()
         return sizes.lr_mult if sizes is not None else 1.0
 

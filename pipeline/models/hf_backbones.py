@@ -52,7 +52,7 @@ class TransformerConfig(SizeSection):
 
 
 class BertSizes(TransformerConfig):
-    """`[model.bert]`: a transformer section whose language model trains at a tenth of the preset's LM rates.
+    """`[model.bert]`: a transformer section that trains at a tenth of the preset's learning rates, in every stage.
 
     BERT puts its LayerNorm after each residual (post-LN), which diverges at the AWD-LSTM's Adam rate of
     1e-2 (Xiong et al. 2020): the masked LM then settles on states that hardly depend on the input, and no

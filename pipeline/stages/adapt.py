@@ -94,7 +94,7 @@ def run(ctx: StageContext) -> StageResult:
 
     recorder, train_start = EpochLog(ctx.stage), time.perf_counter()
     learn.freeze()  # last layer group only: the (partly new) embeddings and decoder; creates the optimizer
-    mult = cfg.model.lr_mult()  # the backbone's own scale of the preset's LM rates
+    mult = cfg.model.lr_mult()  # the backbone's own scale of the preset's rates
     fit(learn, ac.frozen_epochs, ac.frozen_lr * mult, ac.schedule, f"{ctx.stage}-frozen", recorder, ctx.checkpointer)
     learn.unfreeze()
     n_groups = len(learn.opt.param_lists)

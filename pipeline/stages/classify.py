@@ -131,13 +131,12 @@ def phase_epochs(cc: ClassifyConfig, batches_per_epoch: int) -> list[int]:
 
 
 def gradual_unfreezing(learn, cc: ClassifyConfig, recorder: EpochLog, ckpt=None,
-                       epochs_per_phase: list[int] | None = None, lr_mult: float = 1.0) -> None:
-    """ULMFiT's schedule: phase k trains the last k layer groups at top LR cc.lrs[k] x lr_mult (the backbone's
-    own scale, `model.<backbone>.lr_mult`), each lower group at that / cc.lr_decay per group."""
-    n_groups = len(learn.opt.param_lists)
-    for phase, (epochs, top_lr) in enumerate(zip(epochs_per_phase or cc.epochs_per_phase, cc.lrs)):
-        lr = top_lr * lr_mult
-        last = phase == len(cc.lrs) - 1 or phase + 1 >= n_groups
+                       epochs_per_phase: list[int] | None = None, top_lrs: list[float] | None = None) -> None:
+    """ULMFiT's schedule: phase k trains the last k layer groups at top LR top_lrs[k] (default cc.lrs), each
+    lower group at that / cc.lr_decay per group."""
+    n_groups, top_lrs = len(learn.opt.param_lists), top_lrs or cc.lrs
+    for phase, (epochs, lr) in enumerate(zip(epochs_per_phase or cc.epochs_per_phase, top_lrs)):
+        last = phase == len(top_lrs) - 1 or phase + 1 >= n_groups
         if last:
             learn.unfreeze()
         else:
@@ -224,7 +223,8 @@ def run(ctx: StageContext) -> StageResult:
         log.info("classify: %d batches per epoch; epochs per phase %s -> %s (classify.min_steps=%d)",
                  len(train_dl), cc.epochs_per_phase, epochs, cc.min_steps)
     recorder, train_start = EpochLog(ctx.stage), time.perf_counter()
-    gradual_unfreezing(learn, cc, recorder, ctx.checkpointer, epochs, cfg.model.lr_mult())
+    top_lrs = [lr * cfg.model.lr_mult() for lr in cc.lrs]  # the backbone's own scale of the preset's rates
+    gradual_unfreezing(learn, cc, recorder, ctx.checkpointer, epochs, top_lrs)
     train_secs = time.perf_counter() - train_start
     scores = evaluate(learn, loader(test, cc, False, device, pad), classes)
 
@@ -234,7 +234,7 @@ def run(ctx: StageContext) -> StageResult:
                "test_source": splits.test_source, "confusion_matrix": scores["confusion"], "classes": classes,
                "n_labels": len(train), "n_valid": len(valid), "epochs": int(sum(epochs)), "epochs_per_phase": epochs,
                "optimizer_steps": int(sum(epochs) * len(train_dl)), "seed": seed,
-               "top_lrs": [lr * cfg.model.lr_mult() for lr in cc.lrs],
+               "top_lrs": top_lrs,
                **baselines, **start_head,
                "params": count_params(model), "backbone": backbone.name, "direction": direction,
                "train_seconds": train_secs,

@@ -94,13 +94,14 @@ def run(ctx: StageContext) -> StageResult:
     log.info("pretrain: %s, %d params, vocab %d, %d train / %d valid tokens, device %s", backbone.name,
              count_params(model), len(encoder.itos), data.n_train_tokens, data.n_valid_tokens, device)
     recorder, train_start = EpochLog(ctx.stage), time.perf_counter()
-    fit(learn, pc.epochs, pc.lr * cfg.model.lr_mult(), pc.schedule, ctx.stage, recorder, ctx.checkpointer)
+    lr = pc.lr * cfg.model.lr_mult()  # the backbone's own scale of the preset's rates
+    fit(learn, pc.epochs, lr, pc.schedule, ctx.stage, recorder, ctx.checkpointer)
     train_secs = time.perf_counter() - train_start
     scores = final_scores(learn, recorder)
 
     metrics = {"valid_perplexity": scores["perplexity"], "valid_accuracy": scores["accuracy"],
                "valid_loss": scores["loss"], "corpus": pc.corpus, "epochs": pc.epochs,
-               "lr": pc.lr * cfg.model.lr_mult(),
+               "lr": lr,
                "train_tokens": data.n_train_tokens, "valid_tokens": data.n_valid_tokens,
                "train_docs": len(data.train), "vocab_size": len(encoder.itos), "params": count_params(model),
                "valid_source": valid_source(cfg, len(valid_texts)),
