@@ -90,6 +90,7 @@ def test_pooling_ignores_padding():
     assert torch.equal(pool(hidden, mask, "first")[0], hidden[0, 1])
     assert torch.equal(pool(hidden, mask, "last")[0], hidden[0, 2])
     assert torch.allclose(pool(hidden, mask, "mean")[0], hidden[0, 1:3].mean(0))
+    assert torch.equal(pool(hidden, mask, "max")[0], hidden[0, 2])  # not the padding's larger hidden[0, 3]
     concat = pool(hidden, mask, "concat")
     assert concat.shape == (2, 6) and torch.equal(concat[0, 2:4], hidden[0, 2])
 

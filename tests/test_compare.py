@@ -3,6 +3,7 @@ cell-level caching, and the results file it rewrites."""
 import pandas as pd
 import pytest
 
+from pipeline.artifacts.stage_folder import read_metrics
 from tests.test_flow import ulmfit_here as ulmfit  # in this process; the real command: test_flow.first_run
 
 CELL_LINE = r"^\s+(\S+/\S+/seed\d+)\s+pretrain=(\w+) adapt=(\w+) classify=(\w+)"
@@ -47,6 +48,10 @@ def test_compare_with_seeds_baseline_and_probe(compare_dir, tmp_path):
     lm_tokens = runs["lm_tokens"]  # full = stage 1 + stage 2; each ablation drops one of them
     assert lm_tokens["full"] == pytest.approx(lm_tokens["no_pretrain"] + lm_tokens["no_adapt"]) and lm_tokens.gt(0).all()
     assert runs.loc["no_pretrain", "pretrain_perplexity"] > runs.loc["full", "pretrain_perplexity"]
+    pflops = runs["lm_pflops"]  # the LM compute, counted per token on the architecture (pipeline/training/flops.py)
+    assert pflops["full"] == pytest.approx(pflops["no_pretrain"] + pflops["no_adapt"]) and pflops.gt(0).all()
+    counted = sum(read_metrics(compare_dir / "awd_lstm" / stage)["train_flops"] for stage in ("pretrain", "adapt"))
+    assert pflops["full"] == pytest.approx(counted / 1e15)
     baseline = table.loc["tfidf+lr"]
     assert baseline["seeds"] == 2 and 0 <= baseline["test_accuracy_mean"] <= 1
     assert (report / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

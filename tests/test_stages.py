@@ -59,6 +59,9 @@ def test_pretrain_metrics(run_dir):
     m = read_metrics(run_dir / "pretrain")
     assert 1 < m["valid_perplexity"] < m["vocab_size"]
     assert 0 <= m["valid_accuracy"] <= 1 and m["train_tokens"] > 1000
+    # the LM compute the study compares backbones on (pipeline/training/flops.py)
+    assert m["forward_flops_per_token"] > 2 * m["vocab_size"]  # at least the decoder's
+    assert m["train_flops"] == 3 * m["forward_flops_per_token"] * m["epochs"] * m["train_tokens"]
 
 
 def test_adapt_improves_held_out_perplexity(run_dir):

@@ -14,7 +14,7 @@ whole chunks, is cut into chunks of `bptt` tokens; each non-empty chunk is encod
 
     ids  [pad pad pad | t0 t1 t2 | t3 t4 t5 | t6 pad pad]   -> chunks of bptt = 3
     keep [    no      |   yes    |   yes    |   yes     ]   -> encoder(chunks[keep], attention mask)
-    pool over t0..t6:  concat [last, max, mean] | last | first | mean
+    pool over t0..t6:  concat [last, max, mean] | last | first | mean | max
 """
 from __future__ import annotations
 
@@ -246,6 +246,8 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     if how == "mean":
         return mean
     biggest = hidden.masked_fill(~m, torch.finfo(hidden.dtype).min).max(dim=1).values
+    if how == "max":
+        return biggest
     return torch.cat([hidden[rows, last], biggest, mean], dim=1)
 
 

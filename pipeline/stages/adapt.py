@@ -18,6 +18,7 @@ from pipeline.models.vocab_transfer import transfer_embeddings
 from pipeline.stages.context import StageContext, StageResult
 from pipeline.stages.lm_stage import sample_rows, write_lm_stage
 from pipeline.training.accel import resolve_precision, wants_compile
+from pipeline.training.flops import lm_flops_metrics
 from pipeline.training.learner import EpochLog, count_params, discriminative, fit, pick_device, seed_everything
 from pipeline.training.lm import SAMPLE_PROMPTS, evaluate, final_scores, generate, lm_data, lm_learner
 
@@ -111,6 +112,7 @@ def run(ctx: StageContext) -> StageResult:
                "vocab_size": len(itos), "vocab_known_from_pretrain": n_known, "params": count_params(model),
                "backbone": backbone.name, "direction": direction, "objective": backbone.objective,
                "train_seconds": train_secs, "train_tokens_per_sec": epochs * data.n_train_tokens / max(train_secs, 1e-9),
+               **lm_flops_metrics(backbone, arch, ac.bptt, epochs * data.n_train_tokens),
                "wall_seconds": time.perf_counter() - start, "device": str(device), "precision": precision}
     samples = {p: generate(learn.model, backbone, encoder, p, seed=cfg.seed, direction=direction)
                for p in SAMPLE_PROMPTS}

@@ -14,6 +14,7 @@ from pipeline.models.zoo import checkpoint_folder, describe
 from pipeline.stages.context import StageContext, StageResult
 from pipeline.stages.lm_stage import sample_rows, write_lm_stage
 from pipeline.training.accel import resolve_precision, wants_compile
+from pipeline.training.flops import lm_flops_metrics
 from pipeline.training.learner import EpochLog, count_params, fit, pick_device, seed_everything
 from pipeline.training.lm import SAMPLE_PROMPTS, final_scores, generate, lm_data, lm_learner
 
@@ -110,6 +111,7 @@ def run(ctx: StageContext) -> StageResult:
                "init_from": pc.init_from, "init_source": describe(pc.init_from, direction),
                "train_seconds": train_secs,
                "train_tokens_per_sec": pc.epochs * data.n_train_tokens / max(train_secs, 1e-9),
+               **lm_flops_metrics(backbone, arch, pc.bptt, pc.epochs * data.n_train_tokens),
                "wall_seconds": time.perf_counter() - start, "device": str(device), "precision": precision}
     samples = {p: generate(learn.model, backbone, encoder, p, seed=cfg.seed, direction=direction)
                for p in SAMPLE_PROMPTS}

@@ -133,13 +133,19 @@ def cell_row(cell: Cell) -> dict:
 
     The budget columns say what the LM stages cost: `lm_tokens` counts the training tokens the
     language model read in stages 1-2 (tokens x epochs); `lm_seconds` is their wall time in the run
-    that computed them; `lm_pflops` is the usual 6 x parameters x tokens estimate."""
+    that computed them; `lm_pflops` is their training compute, counted per token on the architecture
+    (`pipeline.training.flops`: 3 x the forward's FLOPs, attention and the decoder included), the measure the
+    backbones are matched on. Stages written before it was recorded fall back to 6 x parameters x tokens."""
     pre, ada, cla = (read_metrics(cell.folders[s]) for s in ("pretrain", "adapt", "classify"))
     lm_tokens = sum(m["train_tokens"] * m["epochs"] for m in (pre, ada))
     return {"backbone": cell.backbone, "variant": cell.variant, "n_labels": cla["n_labels"], "seed": cell.seed,
             "test_accuracy": cla["test_accuracy"], "probe_test_accuracy": cla.get("probe_test_accuracy"),
             "tfidf_test_accuracy": cla.get("tfidf_test_accuracy"), "test_size": cla["test_size"],
-            "params": pre["params"], "lm_tokens": lm_tokens, "lm_pflops": 6 * pre["params"] * lm_tokens / 1e15,
+            "params": pre["params"], "lm_tokens": lm_tokens, "lm_pflops": _lm_flops(pre, ada) / 1e15,
             "pretrain_perplexity": pre["valid_perplexity"], "adapt_perplexity": ada["held_out_perplexity_after"],
             "objective": pre.get("objective", "causal"),
             "lm_seconds": pre["wall_seconds"] + ada["wall_seconds"], "classify_seconds": cla["wall_seconds"]}
+
+
+def _lm_flops(*lm_stages: dict) -> float:
+    return sum(m.get("train_flops", 6 * m["params"] * m["train_tokens"] * m["epochs"]) for m in lm_stages)
