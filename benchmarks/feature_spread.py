@@ -4,8 +4,8 @@ Trains the named LM stages (default: stage 1 only) into OUT, or reuses them when
 then reads the classifier's pooled features (the head's input, before any fine-tuning, in fp32) of the
 classify stage's labeled sample and validation hold-out. Prints the features' between-review standard
 deviation (median over features) and a linear probe's validation accuracy (standardised features,
-logistic regression, C in {0.01, 0.1, 1}). A masked LM trained at too high a rate gives a spread of
-1e-6 or less: no head can read that.
+logistic regression with C chosen on validation: the classify stage's probe, `pipeline.training.baselines`).
+A masked LM trained at too high a rate gives a spread of 1e-6 or less: no head can read that.
 
 usage: python -m benchmarks.feature_spread OUT [--stages pretrain,adapt] [--preset cpu] [--set section.field=value ...]
 """
@@ -26,7 +26,7 @@ from pipeline.stages.classify import build_model, encode, loader
 from pipeline.stages.classify_data import stage_splits
 from pipeline.stages.context import make_context
 from pipeline.stages.registry import run_stage
-from pipeline.training.baselines import pooled_features
+from pipeline.training.baselines import fit_tuned_logistic_regression, pooled_features
 
 
 def lm_stages(cfg, out: Path, stages: list[str]) -> tuple[Path, dict]:
@@ -38,16 +38,6 @@ def lm_stages(cfg, out: Path, stages: list[str]) -> tuple[Path, dict]:
             run_stage(make_context(stage, cfg, folder, upstream))
         upstream, metrics[stage] = folder, json.loads((folder / "metrics.json").read_text())
     return upstream, metrics
-
-
-def probe_accuracy(x_train, y_train, x_valid, y_valid) -> tuple[float, float]:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler().fit(x_train)
-    fits = [(LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(x_train), y_train)
-             .score(scaler.transform(x_valid), y_valid), c) for c in (0.01, 0.1, 1.0)]
-    return max(fits)
 
 
 def main() -> None:
@@ -66,15 +56,17 @@ def main() -> None:
     features = {}
     for name in ("train", "valid"):
         items = encode(getattr(splits, name), encoder, splits.classes, cfg.classify, f"spread-{name}", "forward")
-        features[name] = pooled_features(model, backbone, loader(items, cfg.classify, False, "cpu", encoder.specials.pad))
+        batches = loader(items, cfg.classify, False, "cpu", encoder.specials.pad)
+        features[name] = pooled_features(model, backbone, batches)
     x_train, y_train = features["train"]
-    accuracy, c = probe_accuracy(x_train, y_train, *features["valid"])
+    _, probe = fit_tuned_logistic_regression(x_train, y_train, *features["valid"], standardize=True)
     row = {"stages": args.stages, "overrides": args.overrides,
            "perplexity": {s: m.get("valid_perplexity", m.get("held_out_perplexity_after")) for s, m in metrics.items()},
            "lr": {s: m.get("lr") for s, m in metrics.items()},
            "spread_median_sd": float(np.median(x_train.std(axis=0))),
            "abs_mean_median": float(np.median(np.abs(x_train.mean(axis=0)))),
-           "probe_valid_accuracy": accuracy, "probe_C": c, "n_train": len(y_train), "n_valid": len(features["valid"][1])}
+           "probe_valid_accuracy": probe["valid_accuracy"], "probe_C": probe["C"],
+           "n_train": len(y_train), "n_valid": len(features["valid"][1])}
     print(json.dumps(row))
 
 

@@ -113,8 +113,9 @@ NOTE = ("Mean ± sd over seeds (n = `seeds`); a seed draws the labeled sample, t
         "+ logistic regression on the same labeled samples; both choose C on the validation hold-out. LM tokens: "
         "tokens read by the language model in stages 1-2 (times epochs); PFLOPs = their training compute, counted "
         "per token on each architecture (3 x the forward's FLOPs, attention and decoder included: "
-        "pipeline/training/flops.py); LM s: wall seconds of stages 1-2 in the run that computed them. Perplexities: causal LMs report next-token "
-        "perplexity; a masked LM (bert) reports it over the 15 % masked tokens, not comparable with it.")
+        "pipeline/training/flops.py); LM s: wall seconds of stages 1-2 in the run that computed them. "
+        "Perplexities: causal LMs report next-token perplexity; a masked LM (bert) reports it over the 15 % masked "
+        "tokens, not comparable with it.")
 
 
 def write_report(out_dir: str | Path, rows: list[dict], command: str = "") -> Path:
